@@ -1,0 +1,240 @@
+"""One typed config for the whole pipeline.
+
+The default ships inside the package (``modpipe/defaults.yaml``); a user YAML is merged over it and
+``--set a.b=c`` overrides are applied last.  Every section belongs to one stage; a stage's fingerprint
+hashes only the fields of its own section plus its upstream fingerprints (see ``lineage.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modpipe.paths import REPO_ROOT
+
+DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message names the offending field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CorpusConfig(_Section):
+    """Where raw text comes from."""
+
+    source: Literal["man", "files"] = "man"
+    """`man`: harvest /usr/share/man (falls back to Python docs when absent); `files`: user-given paths."""
+    man_root: str = "/usr/share/man"
+    sections: list[int] = [1, 2, 3, 4, 5, 6, 7, 8]
+    max_docs_per_section: int = 400
+    """Cap per English section; man1 is dominated by near-identical generated pages."""
+    max_docs_per_language: int = 120
+    """Cap per translated-language folder."""
+    min_docs_per_language: int = 20
+    """Language folders with fewer pages are not used as task classes (still pretraining text)."""
+    paths: list[str] = []
+    """For source=files: files or folders of .jsonl / .jsonl.gz / .txt files."""
+    text_field: str = "text"
+    id_field: str | None = "id"
+
+
+class CurateConfig(_Section):
+    min_chars: int = 200
+    max_chars: int = 100_000
+    min_words: int = 30
+    min_alpha_frac: float = 0.55
+    """Fraction of non-space characters that are letters."""
+    max_symbol_word_ratio: float = 0.2
+    vocab_size: int = 4096
+    seq_len: int = 128
+    rows_per_shard: int = 4096
+    parallelism: int = 2
+    """Ray Data read/map parallelism (blocks)."""
+
+
+class TaskSpec(_Section):
+    name: str
+    kind: Literal["man_section", "man_language"]
+    max_chars: int = 2000
+    """Each example is truncated to this many characters before tokenization."""
+
+
+class TasksConfig(_Section):
+    specs: list[TaskSpec] = [
+        TaskSpec(name="man_section", kind="man_section"),
+        TaskSpec(name="man_language", kind="man_language"),
+    ]
+    val_frac: float = 0.1
+    test_frac: float = 0.2
+
+    @field_validator("test_frac", "val_frac")
+    @classmethod
+    def _frac(cls, v: float) -> float:
+        if not 0.0 < v < 0.5:
+            raise ValueError("must be in (0, 0.5)")
+        return v
+
+
+class ContractsConfig(_Section):
+    suites_dir: str = str(REPO_ROOT / "data_contracts")
+    enabled: bool = True
+
+
+class ModelConfig(_Section):
+    """A transformers Llama-style decoder; the tiny default trains on CPU in a few minutes."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_position_embeddings: int = 512
+
+
+class PretrainConfig(_Section):
+    steps: int = 120
+    micro_batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    num_workers: int = 2
+    use_gpu: bool = False
+    zero_stage: int = 2
+    deepspeed_config: str = str(REPO_ROOT / "infra" / "deepspeed" / "zero2.json")
+    checkpoint_every: int = 40
+    log_every: int = 10
+
+
+class LoraConfig(_Section):
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = ["q_proj", "v_proj"]
+
+
+class AdaptConfig(_Section):
+    tasks: list[str] = ["man_section", "man_language"]
+    lora: LoraConfig = LoraConfig()
+    lr: float = 2e-3
+    epochs: int = 3
+    batch_size: int = 16
+    max_length: int = 256
+    num_workers_per_task: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    max_failures: int = 1
+
+
+class TuneConfig(_Section):
+    enabled: bool = True
+    task: str = "man_section"
+    num_samples: int = 4
+    max_concurrent_trials: int = 2
+    lr_min: float = 3e-4
+    lr_max: float = 1e-2
+    ranks: list[int] = [4, 8, 16]
+    epochs: int = 2
+    grace_period: int = 1
+    metric: str = "val_macro_f1"
+
+
+class PublishConfig(_Section):
+    tracking_uri: str | None = None
+    """None: sqlite under <run_dir>/registry; any MLflow tracking URI otherwise."""
+    metric: str = "test_macro_f1"
+    min_metric: float = 0.2
+    model_prefix: str = "modpipe"
+    alias: str = "champion"
+
+
+class RayConfig(_Section):
+    address: str | None = None
+    """None: use RAY_ADDRESS if set, else start a local Ray with num_cpus."""
+    num_cpus: int | None = None
+
+
+class PipelineConfig(_Section):
+    run_dir: str = "runs/default"
+    seed: int = 0
+    corpus: CorpusConfig = CorpusConfig()
+    curate: CurateConfig = CurateConfig()
+    tasks: TasksConfig = TasksConfig()
+    contracts: ContractsConfig = ContractsConfig()
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    adapt: AdaptConfig = AdaptConfig()
+    tune: TuneConfig = TuneConfig()
+    publish: PublishConfig = PublishConfig()
+    ray: RayConfig = RayConfig()
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir).resolve()
+
+    def section_json(self, *names: str) -> str:
+        """Canonical JSON of some sections, for fingerprints."""
+        dump = self.model_dump(mode="json")
+        return json.dumps({n: dump[n] for n in names}, sort_keys=True, separators=(",", ":"))
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.path=value")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    node = data
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _format_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for e in err.errors():
+        field = ".".join(str(x) for x in e["loc"]) or "<root>"
+        lines.append(f"  {field}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Defaults <- YAML file <- ``key.path=value`` overrides; raises ConfigError naming the field."""
+    data: dict[str, Any] = yaml.safe_load(DEFAULTS_PATH.read_text()) or {}
+    origin = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        user = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(user, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        data = _deep_merge(data, user)
+        origin = str(p)
+    for item in overrides or []:
+        _apply_override(data, item)
+    if overrides:
+        origin += " + --set " + " ".join(overrides)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, origin)) from None
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,56 @@
+"""The shared backbone: a transformers Llama-style decoder built from ``ModelConfig``.
+
+Exported with ``save_pretrained`` (safetensors) so ``AutoModel``/``AutoModelForSequenceClassification``
+load it; the tokenizer is saved beside it as a ``PreTrainedTokenizerFast``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modpipe.config import ModelConfig
+
+# Special tokens the curate stage's BPE tokenizer always defines, in this id order.
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<eos>"]
+PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
+
+
+def build_config(cfg: ModelConfig, vocab_size: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        pad_token_id=PAD_ID,
+        bos_token_id=EOS_ID,
+        eos_token_id=EOS_ID,
+        tie_word_embeddings=True,
+    )
+
+
+def build_causal_lm(cfg: ModelConfig, vocab_size: int, seed: int = 0):
+    """A freshly initialised ``LlamaForCausalLM`` (deterministic for a given seed)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(build_config(cfg, vocab_size))
+
+
+def hf_tokenizer(tokenizer_json: str | Path):
+    """Wrap a ``tokenizers`` JSON file as a transformers fast tokenizer with modpipe's special tokens."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(tokenizer_json),
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<eos>",
+        bos_token="<eos>",
+        model_max_length=1 << 30,
+    )

@@ -1,0 +1,32 @@
+"""Connect to (or start) Ray the same way from the CLI, Prefect flows, Ray jobs and tests."""
+
+from __future__ import annotations
+
+import os
+
+from modpipe.config import RayConfig
+
+
+def ensure_ray(cfg: RayConfig | None = None) -> None:
+    """Attach to ``cfg.address`` / RAY_ADDRESS if given (a ``ray job submit`` sets it), else start locally.
+
+    Worker processes inherit the environment DeepSpeed needs on CPU (see DESIGN notes).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    cfg = cfg or RayConfig()
+    env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "PYTHONPATH") if k in os.environ}
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict = {"runtime_env": {"env_vars": env}} if env else {}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(
+            num_cpus=cfg.num_cpus or max(2, os.cpu_count() or 2),
+            include_dashboard=False,
+            configure_logging=True,
+            log_to_driver=True,
+            **kwargs,
+        )
