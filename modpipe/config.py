@@ -206,11 +206,8 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
 
 
 def _format_error(err: ValidationError, origin: str) -> str:
-    lines = [f"invalid config ({origin}):"]
-    for e in err.errors():
-        field = ".".join(str(x) for x in e["loc"]) or "<root>"
-        lines.append(f"  {field}: {e['msg']}")
-    return "\n".join(lines)
+    problems = [f"{'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()]
+    return f"invalid config ({origin}): " + "; ".join(problems)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:

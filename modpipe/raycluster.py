@@ -23,7 +23,9 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
+        # "local" forces a fresh in-process cluster; None would attach to any `ray start` cluster on the host.
         ray.init(
+            address="local",
             num_cpus=cfg.num_cpus or max(2, os.cpu_count() or 2),
             include_dashboard=False,
             configure_logging=True,

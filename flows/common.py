@@ -1,0 +1,54 @@
+"""What every flow shares: config loading, the transient-error retry rule, small artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect.artifacts import create_link_artifact, create_table_artifact
+
+from modpipe.config import PipelineConfig, load_config
+
+# Only errors a rerun can fix are retried: lost Ray nodes, network blips. A bad config, a failed contract or
+# a bug fails at once.
+TRANSIENT = (ConnectionError, TimeoutError)
+TRANSIENT_NAMES = {"RayActorError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError", "RaySystemError"}
+
+
+def retry_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except TRANSIENT:
+        return True
+    except Exception as exc:  # noqa: BLE001 - we only classify
+        return type(exc).__name__ in TRANSIENT_NAMES
+    return False
+
+
+def config(config: str | None, overrides: list[str] | None) -> PipelineConfig:
+    return load_config(config, overrides or [])
+
+
+def artifact_key(cfg: PipelineConfig, what: str) -> str:
+    """Artifact keys must be lowercase letters, digits and dashes."""
+    name = Path(cfg.run_dir).name.lower()
+    return "".join(c if c.isalnum() else "-" for c in f"{name}-{what}")[:100]
+
+
+def stats_table(cfg: PipelineConfig, stats_path: str | None, what: str) -> None:
+    """Publish a JSON stats file ({step: {in, out, removed, ...}}) as a Prefect table artifact."""
+    if not stats_path or not Path(stats_path).is_file():
+        return
+    stats: Any = json.loads(Path(stats_path).read_text())
+    rows = stats if isinstance(stats, list) else [
+        {"step": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in stats.items()
+    ]
+    create_table_artifact(table=rows, key=artifact_key(cfg, what), description=f"{what} ({stats_path})")
+
+
+def link(cfg: PipelineConfig, path: str | None, what: str) -> None:
+    if path:
+        create_link_artifact(
+            link=Path(path).resolve().as_uri(), link_text=what, key=artifact_key(cfg, what),
+        )

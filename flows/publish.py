@@ -1,0 +1,27 @@
+from prefect import flow, task
+
+from flows.common import config
+from modpipe import adapt, curate, pretrain, registry
+
+
+@task
+def publish_task(cfg, backbone: str, modules: dict, manifest: str) -> dict:
+    return registry.publish(cfg, backbone, modules, manifest)
+
+
+@flow(name="publish", log_prints=True)
+def publish_flow(
+    config_path: str | None = None, overrides: list[str] | None = None,
+    backbone: str | None = None, modules: dict | None = None, manifest: str | None = None,
+) -> dict:
+    """Register the modules that pass the gate in the MLflow registry; list the rejected ones with reasons."""
+    cfg = config(config_path, overrides)
+    if manifest is None or backbone is None or modules is None:
+        curated = curate.run(cfg)
+        manifest = manifest or curated["manifest"]
+        backbone = backbone or pretrain.run(cfg, curated)["backbone"]
+        modules = modules or adapt.run(cfg, backbone, curated["tasks_dir"])["modules"]
+    out = publish_task(cfg, backbone, modules, manifest)
+    for r in out.get("rejected", []):
+        print(f"not published: {r['task']}: {r['reason']}")
+    return out

@@ -1,0 +1,3 @@
+from modpipe.cli import main
+
+main()
