@@ -1,0 +1,96 @@
+"""A real Prefect server on 127.0.0.1 + a process worker: deploy flows/prefect.yaml and run a deployment."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from modpipe.paths import REPO_ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(url)
+
+
+@pytest.fixture()
+def prefect_server(tmp_path):
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "MODPIPE_HOME": str(REPO_ROOT),
+    }
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    procs = [server]
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/api/health", 120)
+        yield env, procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+
+
+def _prefect(env, *args, timeout=300):
+    r = subprocess.run([BIN / "prefect", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"prefect {' '.join(args)}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+def test_deploy_and_run_curate_deployment(prefect_server, tmp_path):
+    env, procs = prefect_server
+    _prefect(env, "work-pool", "create", "modpipe-process", "--type", "process", "--overwrite")
+    _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", "flows/prefect.yaml")
+    listing = _prefect(env, "deployment", "ls")
+    for name in ("nightly", "curate", "pretrain", "adapt", "tune", "publish"):
+        assert name in listing
+
+    worker_log = open(tmp_path / "worker.log", "w")
+    procs.append(subprocess.Popen(
+        [BIN / "prefect", "worker", "start", "--pool", "modpipe-process"],
+        env=env, cwd=REPO_ROOT, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+    ))
+    run_dir = tmp_path / "run"
+    params = {"config_path": str(REPO_ROOT / "recipes" / "smoke.yaml"), "overrides": [f"run_dir={run_dir}"]}
+    out = _prefect(env, "deployment", "run", "curate/curate", "--params", json.dumps(params), "--watch",
+                   "--watch-timeout", "900", timeout=960)
+    assert "Completed" in out, out[-2000:] + (tmp_path / "worker.log").read_text()[-4000:]
+    manifests = list(run_dir.glob("curate/*/manifest.json"))
+    assert len(manifests) == 1
+    assert json.loads(manifests[0].read_text())["total_rows"] > 0
+    assert list(run_dir.glob("contracts/**/index.html"))

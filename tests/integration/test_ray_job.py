@@ -1,0 +1,80 @@
+"""A real `ray start --head` on 127.0.0.1 and `ray job submit` of a stage."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from modpipe.paths import REPO_ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def ray_head(tmp_path):
+    """`ray start --head --block` in its own process group, stopped by killing that group (not `ray stop`,
+    which would also kill the test session's own local Ray)."""
+    gcs, dash = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "DS_ACCELERATOR": "cpu"}
+    env.pop("RAY_ADDRESS", None)
+    log = open(tmp_path / "ray-head.log", "w")
+    head = subprocess.Popen(
+        [BIN / "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+         "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        from ray.job_submission import JobSubmissionClient
+
+        end = time.time() + 120
+        while True:
+            try:
+                JobSubmissionClient(address).list_jobs()
+                break
+            except Exception:
+                if time.time() > end or head.poll() is not None:
+                    raise RuntimeError((tmp_path / "ray-head.log").read_text()[-3000:])
+                time.sleep(2)
+        yield env, address
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_ray_job_submit_curate(ray_head, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    env, address = ray_head
+    run_dir = tmp_path / "run"
+    job_id = "modpipe-curate-test"
+    cmd = [
+        BIN / "ray", "job", "submit", "--address", address, "--submission-id", job_id,
+        "--runtime-env-json", json.dumps({"env_vars": {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}}),
+        "--", sys.executable, "-m", "modpipe", "curate",
+        "--config", str(REPO_ROOT / "recipes" / "smoke.yaml"), "--set", f"run_dir={run_dir}",
+    ]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    client = JobSubmissionClient(address)
+    status = client.get_job_status(job_id)
+    assert status == JobStatus.SUCCEEDED, r.stdout[-3000:] + r.stderr[-3000:] + client.get_job_logs(job_id)[-3000:]
+    manifest = next(run_dir.glob("curate/*/manifest.json"))
+    assert json.loads(manifest.read_text())["total_rows"] > 0
+    assert '"manifest"' in client.get_job_logs(job_id)
