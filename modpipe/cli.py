@@ -116,6 +116,7 @@ def _print_run_table(result: dict) -> None:
     if dd:
         console.print(f"Data Docs: {dd}")
     console.print(f"summary: {result.get('summary')}")
+    console.print(f"report: {result.get('report')}")
 
 
 @app.command()

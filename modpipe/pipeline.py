@@ -46,9 +46,12 @@ def run_all(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def write_summary(cfg: PipelineConfig, summary: dict[str, Any]) -> dict[str, Any]:
-    """Write <run_dir>/run_summary.json (paths, registry result, timings) and return the summary."""
+    """Write <run_dir>/run_summary.json and report.html (paths, metrics, registry result, timings)."""
+    from modpipe.report import write_run_report
+
     cfg.run_path.mkdir(parents=True, exist_ok=True)
     path = cfg.run_path / "run_summary.json"
-    summary = {**summary, "summary": str(path)}
+    report = write_run_report(summary, cfg.run_path / "report.html")
+    summary = {**summary, "summary": str(path), "report": report}
     path.write_text(json.dumps(summary, indent=2, default=str))
     return summary
