@@ -84,8 +84,20 @@ class TasksConfig(_Section):
 
 
 class ContractsConfig(_Section):
+    """Great Expectations suites checked on the raw corpus, curated docs, token shards and task splits."""
+
     suites_dir: str = str(REPO_ROOT / "data_contracts")
+    """One GX ExpectationSuite JSON per dataset kind (see data_contracts/README.md)."""
     enabled: bool = True
+    max_rows: int = 20_000
+    """Rows validated per dataset; larger datasets are sampled (seeded by ``seed``)."""
+
+    @field_validator("max_rows")
+    @classmethod
+    def _rows(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
 
 
 class ModelConfig(_Section):
@@ -99,17 +111,49 @@ class ModelConfig(_Section):
 
 
 class PretrainConfig(_Section):
+    """DeepSpeed ZeRO data-parallel pretraining run by Ray Train (one worker per GPU, or per CPU slot)."""
+
     steps: int = 120
+    """Optimizer steps."""
     micro_batch_size: int = 16
+    """Sequences per worker per micro-step (DeepSpeed train_micro_batch_size_per_gpu)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-steps per optimizer step; global batch = micro_batch_size * this * num_workers."""
     lr: float = 1e-3
     warmup_steps: int = 10
     weight_decay: float = 0.1
+    """Applied to >= 2-D weights only (matmuls, embeddings); norms and biases get none."""
     num_workers: int = 2
     use_gpu: bool = False
+    """GPU workers: nccl process group, bf16 on; CPU workers: gloo, fp32, torch AdamW."""
     zero_stage: int = 2
+    """Overrides zero_optimization.stage of the DeepSpeed JSON (0-3)."""
     deepspeed_config: str = str(REPO_ROOT / "infra" / "deepspeed" / "zero2.json")
+    """DeepSpeed JSON; batch sizes, lr, schedule length, stage and bf16 are filled in from this section."""
     checkpoint_every: int = 40
+    """Steps between checkpoints reported to Ray Train (a rerun resumes from the latest)."""
+    keep_checkpoints: int = 2
+    """Checkpoints Ray Train keeps under <run_dir>/pretrain/ray."""
+    max_failures: int = 0
+    """Worker-group restarts Ray Train attempts (each resumes from the latest checkpoint)."""
     log_every: int = 10
+    peak_tflops: float = 989.0
+    """Per-GPU dense bf16 peak used for MFU (H100 SXM)."""
+
+    @field_validator("zero_stage")
+    @classmethod
+    def _stage(cls, v: int) -> int:
+        if v not in (0, 1, 2, 3):
+            raise ValueError("must be 0, 1, 2 or 3")
+        return v
+
+    @field_validator("steps", "micro_batch_size", "gradient_accumulation_steps", "num_workers",
+                     "checkpoint_every", "log_every", "keep_checkpoints")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
 
 
 class LoraConfig(_Section):
@@ -120,38 +164,88 @@ class LoraConfig(_Section):
 
 
 class AdaptConfig(_Section):
+    """One LoRA module + ``score`` head per task on the frozen backbone; one Ray Train run per task, concurrently."""
+
     tasks: list[str] = ["man_section", "man_language"]
+    """Tasks (folders of curate's tasks_dir) to adapt; when none exists there, every task found is adapted."""
     lora: LoraConfig = LoraConfig()
     lr: float = 2e-3
+    """AdamW learning rate of the LoRA matrices and the head."""
+    weight_decay: float = 0.0
     epochs: int = 3
     batch_size: int = 16
+    """Rows per worker per step (global batch = batch_size * num_workers_per_task); also the eval batch."""
     max_length: int = 256
+    """Tokens per example (truncation); keep <= model.max_position_embeddings."""
+    select_metric: str = "val_macro_f1"
+    """Validation metric (reported each epoch) that picks the epoch whose adapter becomes the module."""
     num_workers_per_task: int = 1
+    """Ray Train workers per task (DDP when > 1)."""
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
     max_failures: int = 1
+    """Worker-group restarts per task (each resumes from the task's latest epoch checkpoint)."""
+
+    @field_validator("epochs", "batch_size", "max_length", "num_workers_per_task")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("select_metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if v not in ("val_macro_f1", "val_accuracy"):
+            raise ValueError("must be val_macro_f1 or val_accuracy")
+        return v
 
 
 class TuneConfig(_Section):
+    """Ray Tune (ASHA over epochs) on one task: learning rate x LoRA rank; other hparams from ``adapt``."""
+
     enabled: bool = True
     task: str = "man_section"
+    """Task to tune; when absent from tasks_dir, the first task adapt would train."""
     num_samples: int = 4
+    """Trials (each one Ray Train run of ``adapt.num_workers_per_task`` workers)."""
     max_concurrent_trials: int = 2
     lr_min: float = 3e-4
     lr_max: float = 1e-2
+    """Learning rate is sampled log-uniformly in [lr_min, lr_max]."""
     ranks: list[int] = [4, 8, 16]
+    """LoRA ranks to choose from."""
     epochs: int = 2
+    """Epochs per trial (ASHA max_t)."""
     grace_period: int = 1
+    """Epochs every trial runs before ASHA may stop it."""
     metric: str = "val_macro_f1"
+    """Validation metric maximised; the best config is the best (trial, epoch) on it."""
+
+    @field_validator("num_samples", "max_concurrent_trials", "epochs", "grace_period")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
 
 
 class PublishConfig(_Section):
+    """The gate and the MLflow model registry that modules which pass it are published to."""
+
     tracking_uri: str | None = None
     """None: sqlite under <run_dir>/registry; any MLflow tracking URI otherwise."""
+    artifact_location: str | None = None
+    """Where run artifacts go; None: <run_dir>/registry/artifacts (only used when the experiment is created)."""
+    experiment: str = "modpipe-publish"
+    """MLflow experiment that holds one run per published module."""
     metric: str = "test_macro_f1"
+    """Key of the module's metrics.json the gate compares with ``min_metric``."""
     min_metric: float = 0.2
     model_prefix: str = "modpipe"
+    """Registered model name = ``<model_prefix>-<task>``."""
     alias: str = "champion"
+    """Alias moved to each newly registered version."""
 
 
 class RayConfig(_Section):

@@ -54,3 +54,34 @@ def hf_tokenizer(tokenizer_json: str | Path):
         bos_token="<eos>",
         model_max_length=1 << 30,
     )
+
+
+# --- model policy used by the pretrain loop (nanoGPT keeps these beside the model) ---
+
+
+def count_params(model, non_embedding: bool = False) -> int:
+    """Parameters, tied weights counted once; ``non_embedding`` drops the token embedding (Kaplan's N)."""
+    n = sum(p.numel() for p in model.parameters())
+    if non_embedding:
+        n -= model.get_input_embeddings().weight.numel()
+    return n
+
+
+def optim_groups(model, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decay on >= 2-D tensors (matmuls, embeddings), none on norms and biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def flops_per_token(cfg: ModelConfig, n_params: int, seq_len: int) -> float:
+    """Training FLOPs per token (PaLM appendix B, as in nanoGPT): 6N for the matmuls (forward + backward;
+    with tied embeddings N includes the LM head) + 12 * layers * hidden * seq_len for attention scores."""
+    return 6.0 * n_params + 12.0 * cfg.num_layers * cfg.hidden_size * seq_len
+
+
+def estimate_mfu(flops_token: float, tokens_per_s: float, n_devices: int, peak_tflops: float = 989.0) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s over the devices' dense bf16 peak (989 TFLOP/s: H100 SXM)."""
+    return flops_token * tokens_per_s / (n_devices * peak_tflops * 1e12)

@@ -1,0 +1,214 @@
+"""Contracts stage: validate the curate output with Great Expectations suites and build Data Docs.
+
+``run(cfg, curate_out)`` -> ``{"data_docs": <index.html>, "results": <results JSON>}``.
+
+Datasets and their suites (files in ``cfg.contracts.suites_dir``):
+
+================  =====================================  ==========================================
+suite             data                                   read by
+================  =====================================  ==========================================
+raw_corpus        ``curate_out["raw_dir"]/**/*.jsonl``     ``datasets.read_raw``
+curated_docs      ``curate_out["docs_dir"]/*.parquet``     ``datasets.read_docs``
+curated_shards    shards listed in ``manifest.json``       ``datasets.read_shards`` (+ token columns)
+task_dataset      ``tasks_dir/<task>/{train,val,test}``    ``datasets.read_task`` (+ overlap, labels)
+================  =====================================  ==========================================
+
+Everything validates first, Data Docs are rebuilt, a results JSON is written under ``<run_dir>/contracts``; then,
+if any error-severity expectation failed, ``ContractViolation`` is raised naming suite, expectation, column, data
+path and Data Docs.  Warnings are only reported.  A passing result for the same inputs (curate dir, manifest
+digest, suite files, the config values the suites use, sampling) is reused without importing GX.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from modpipe.config import PipelineConfig
+from modpipe.contracts.datasets import Dataset, read_docs, read_raw, read_shards, read_task
+from modpipe.contracts.suites import (
+    STOPS, SuiteError, check_parameters, config_parameters, load_suite_spec, referenced_parameters,
+)
+from modpipe.lineage import fingerprint, sha256_file
+
+log = logging.getLogger("modpipe.contracts")
+
+__all__ = ["ContractViolation", "SuiteError", "run", "validate_dataframe", "load_suite_spec"]
+
+
+class ContractViolation(RuntimeError):
+    """Error-severity expectations failed; ``failures`` lists them, ``data_docs`` and ``results`` locate the detail."""
+
+    def __init__(self, message: str, failures: list[dict] | None = None, data_docs: str | None = None,
+                 results: str | None = None):
+        super().__init__(message)
+        self.failures = failures or []
+        self.data_docs = data_docs
+        self.results = results
+
+
+def _describe(f: dict[str, Any]) -> str:
+    """``expect_x(column=c): 3 of 40 unexpected, e.g. [..]`` or ``...: observed 1``."""
+    col = f"column={f['column']}" if f.get("column") else ""
+    obs = f.get("observed") or {}
+    if f.get("exception"):
+        detail = f"raised: {f['exception']}"
+    elif "unexpected_count" in obs:
+        detail = f"{obs['unexpected_count']} of {obs.get('element_count')} rows unexpected"
+        if obs.get("partial_unexpected_list"):
+            detail += f", e.g. {obs['partial_unexpected_list'][:3]}"
+        if obs.get("unexpected_ids"):
+            detail += f" (ids {obs['unexpected_ids'][:5]})"
+    else:
+        detail = f"observed {obs.get('observed_value')!r}"
+    bounds = {k: v for k, v in f.get("kwargs", {}).items() if k in ("min_value", "max_value", "value_set")}
+    return f"{f['type']}({col}) {bounds or ''}: {detail}".replace(" : ", ": ")
+
+
+def _violation_message(failed: list[dict[str, Any]], data_docs: str | None) -> str:
+    lines = [f"data contract failed ({len(failed)} error-severity expectation(s)):"]
+    for f in failed:
+        lines.append(f"  suite {f['suite']!r} on {f['data']} ({f['data_path']}): {_describe(f)}")
+    if data_docs:
+        lines.append(f"Data Docs: {data_docs}")
+    return "\n".join(lines)
+
+
+def _summarise(ds_name: str, data_path: str, spec: dict, records: list[dict], rows: int, rows_total: int,
+               notes: list[str]) -> dict[str, Any]:
+    failed = [r for r in records if not r["success"]]
+    errors = [r for r in failed if r["severity"] == STOPS]
+    for r in failed:
+        r.update(suite=spec["name"], data=ds_name, data_path=data_path)
+    return {
+        "suite": spec["name"], "suite_path": spec["path"], "data": ds_name, "data_path": data_path,
+        "rows_validated": rows, "rows_total": rows_total, "success": not errors,
+        "errors": errors, "warnings": [r for r in failed if r["severity"] != STOPS],
+        "expectations": records, "notes": notes,
+    }
+
+
+def validate_dataframe(df: pd.DataFrame, suite_name_or_path: str | Path, data_name: str, cfg: PipelineConfig, *,
+                       data_path: str | None = None, runner=None, raise_on_error: bool = True,
+                       build_docs: bool = True, rows_total: int | None = None,
+                       notes: list[str] | None = None) -> dict[str, Any]:
+    """Validate one DataFrame against a suite (by name in ``cfg.contracts.suites_dir``, or a path).
+
+    Returns the summary (suite, data, success, errors, warnings, per-expectation observed values, and
+    ``data_docs`` when built).  With ``raise_on_error`` a failed error-severity expectation raises
+    ``ContractViolation``.  ``runner`` (a ``gx.GXRunner``) is shared across calls by ``run``; without it one is
+    opened under ``<run_dir>/contracts``.
+    """
+    spec = load_suite_spec(suite_name_or_path, cfg.contracts.suites_dir)
+    params = config_parameters(cfg)
+    check_parameters(spec, params)
+    if runner is None:
+        from modpipe.contracts.gx import GXRunner
+
+        runner = GXRunner(cfg.run_path / "contracts")
+    t0 = time.perf_counter()
+    records = runner.validate(df, spec, data_name, params)
+    summary = _summarise(data_name, data_path or data_name, spec, records, len(df),
+                         len(df) if rows_total is None else rows_total, list(notes or []))
+    log.info("contracts: %s against suite %s: %s (%d error(s), %d warning(s), %d rows, %.1f s)", data_name,
+             spec["name"], "ok" if summary["success"] else "FAILED", len(summary["errors"]),
+             len(summary["warnings"]), len(df), time.perf_counter() - t0)
+    for w in summary["warnings"]:
+        log.warning("contracts: warning on %s: %s", data_name, _describe(w))
+    if build_docs:
+        summary["data_docs"] = runner.build_docs()
+    if raise_on_error and summary["errors"]:
+        raise ContractViolation(_violation_message(summary["errors"], summary.get("data_docs")),
+                                summary["errors"], summary.get("data_docs"))
+    return summary
+
+
+def _inputs(curate_out: dict[str, Any]) -> dict[str, Path | None]:
+    """Paths of the four dataset kinds; defaults inside ``curate_dir`` where a key is missing."""
+    base = Path(curate_out["curate_dir"]) if curate_out.get("curate_dir") else None
+
+    def pick(key: str, default: str | None) -> Path | None:
+        if curate_out.get(key):
+            return Path(curate_out[key])
+        return base / default if base is not None and default else None
+
+    return {"raw_dir": pick("raw_dir", None), "docs_dir": pick("docs_dir", "docs"),
+            "manifest": pick("manifest", "manifest.json"), "tasks_dir": pick("tasks_dir", "tasks")}
+
+
+def _load_datasets(paths: dict[str, Path | None], max_rows: int, seed: int) -> list[Dataset]:
+    out: list[Dataset] = []
+    if paths["raw_dir"] is not None and paths["raw_dir"].is_dir():
+        out.append(read_raw(paths["raw_dir"], max_rows, seed))
+    if paths["docs_dir"] is not None and paths["docs_dir"].is_dir():
+        out.append(read_docs(paths["docs_dir"], max_rows, seed))
+    if paths["manifest"] is not None and paths["manifest"].is_file():
+        out.append(read_shards(paths["manifest"], max_rows, seed))
+    if paths["tasks_dir"] is not None and paths["tasks_dir"].is_dir():
+        for task_dir in sorted(p for p in paths["tasks_dir"].iterdir() if p.is_dir()):
+            out.extend(read_task(task_dir, max_rows, seed))
+    return out
+
+
+def run(cfg: PipelineConfig, curate_out: dict[str, Any]) -> dict[str, str]:
+    """Validate every dataset of the curate output; raise ContractViolation on an error-severity failure."""
+    out_dir = cfg.run_path / "contracts"
+    paths = _inputs(curate_out)
+    missing = [k for k, p in paths.items() if p is None or not p.exists()]
+    if missing:
+        log.warning("contracts: not validated (absent in curate output): %s", ", ".join(missing))
+
+    specs = {n: load_suite_spec(n, cfg.contracts.suites_dir)
+             for n in ("raw_corpus", "curated_docs", "curated_shards", "task_dataset")}
+    params = config_parameters(cfg)
+    for spec in specs.values():
+        check_parameters(spec, params)
+    used = sorted(set().union(*(referenced_parameters(s) for s in specs.values())))
+    manifest_digest = None
+    if paths["manifest"] is not None and paths["manifest"].is_file():
+        manifest_digest = json.loads(paths["manifest"].read_text()).get("digest")
+    fp = fingerprint({
+        "inputs": {k: str(v) if v else None for k, v in paths.items()}, "manifest": manifest_digest,
+        "suites": {n: sha256_file(s["path"]) for n, s in specs.items()},
+        "params": {n: params[n] for n in used}, "max_rows": cfg.contracts.max_rows, "seed": cfg.seed,
+    })
+    results_path = out_dir / f"results-{fp}.json"
+    if results_path.is_file():
+        prev = json.loads(results_path.read_text())
+        if prev.get("success") and Path(prev.get("data_docs", "")).is_file():
+            log.info("contracts: inputs unchanged and passed before; reusing %s", results_path)
+            return {"data_docs": prev["data_docs"], "results": str(results_path)}
+
+    t0 = time.perf_counter()
+    datasets = _load_datasets(paths, cfg.contracts.max_rows, cfg.seed)
+    from modpipe.contracts.gx import GXRunner
+
+    runner = GXRunner(out_dir)
+    summaries = []
+    for i, ds in enumerate(datasets, 1):
+        log.info("contracts: [%d/%d] %s (%s)", i, len(datasets), ds.name, ds.suite)
+        summaries.append(validate_dataframe(
+            ds.df, specs[ds.suite]["path"], ds.name, cfg, data_path=ds.path, runner=runner,
+            raise_on_error=False, build_docs=False, rows_total=ds.rows_total, notes=ds.notes))
+    data_docs = runner.build_docs()
+    errors = [e for s in summaries for e in s["errors"]]
+    record = {
+        "success": not errors, "fingerprint": fp, "data_docs": data_docs, "seconds": round(time.perf_counter() - t0, 2),
+        "not_validated": missing, "datasets": summaries,
+        "counts": {"datasets": len(summaries), "failed": sum(not s["success"] for s in summaries),
+                   "errors": len(errors), "warnings": sum(len(s["warnings"]) for s in summaries)},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = results_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(results_path)
+    log.info("contracts: %d dataset(s), %d error(s), %d warning(s); Data Docs %s", len(summaries), len(errors),
+             record["counts"]["warnings"], data_docs)
+    if errors:
+        raise ContractViolation(_violation_message(errors, data_docs), errors, data_docs, str(results_path))
+    return {"data_docs": data_docs, "results": str(results_path)}

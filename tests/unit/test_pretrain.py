@@ -1,0 +1,172 @@
+"""Pretrain stage: real Ray Train (2 CPU workers) running real DeepSpeed ZeRO-2 on a tiny curate output."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from modpipe.config import PipelineConfig, load_config
+from modpipe.pretrain.data import BatchStream, read_rank_rows
+from modpipe.pretrain.ds_config import build_ds_config, load_ds_config
+
+SEQ_LEN = 32
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_curate_output(root: Path, n_shards: int = 2) -> dict:
+    """A miniature of curate's output: BPE tokenizer with <pad>,<unk>,<eos> = 0,1,2, packed Parquet shards."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    modules = ("argparse", "collections", "email", "json", "logging", "textwrap", "typing", "unittest")
+    docs = [importlib.import_module(m).__doc__ for m in modules]
+    assert all(docs)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<unk>", "<eos>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    assert [tok.token_to_id(t) for t in ("<pad>", "<unk>", "<eos>")] == [0, 1, 2]
+    (root / "tokenizer").mkdir(parents=True)
+    tok.save(str(root / "tokenizer" / "tokenizer.json"))
+
+    stream: list[int] = []
+    for d in docs:  # EOS-separated packing
+        stream += tok.encode(d).ids + [2]
+    n_rows = len(stream) // SEQ_LEN
+    rows = np.asarray(stream[: n_rows * SEQ_LEN], dtype=np.int32).reshape(n_rows, SEQ_LEN)
+    (root / "shards").mkdir()
+    shards = []
+    for i, part in enumerate(np.array_split(rows, n_shards)):
+        path = root / "shards" / f"shard-{i:05d}.parquet"
+        arr = pa.array([r.tolist() for r in part], type=pa.list_(pa.int32()))
+        pq.write_table(pa.table({"input_ids": arr}), path)
+        shards.append({"path": f"shards/{path.name}", "rows": len(part), "tokens": int(part.size),
+                       "sha256": _sha(path)})
+    manifest = {
+        "seq_len": SEQ_LEN, "vocab_size": tok.get_vocab_size(), "tokenizer": "tokenizer/tokenizer.json",
+        "tokenizer_sha256": _sha(root / "tokenizer" / "tokenizer.json"), "shards": shards,
+        "total_rows": n_rows, "total_tokens": n_rows * SEQ_LEN,
+        "digest": hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest(), "tasks": {},
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return {"curate_dir": str(root), "manifest": str(root / "manifest.json"),
+            "tokenizer": str(root / "tokenizer" / "tokenizer.json")}
+
+
+def tiny_cfg(run_dir: Path, **pretrain) -> PipelineConfig:
+    sets = [f"run_dir={run_dir}", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2",
+            "model.intermediate_size=64", "model.max_position_embeddings=64", "pretrain.steps=6",
+            "pretrain.micro_batch_size=4", "pretrain.warmup_steps=1", "pretrain.lr=0.01", "pretrain.num_workers=2",
+            "pretrain.checkpoint_every=3", "pretrain.log_every=2"]
+    return load_config(overrides=sets + [f"pretrain.{k}={v}" for k, v in pretrain.items()])
+
+
+def test_rank_rows_are_disjoint_and_cover_the_data(tmp_path):
+    out = make_curate_output(tmp_path / "curate", n_shards=3)
+    manifest = json.loads(Path(out["manifest"]).read_text())
+    shards = [str(tmp_path / "curate" / s["path"]) for s in manifest["shards"]]
+    r0, s0 = read_rank_rows(shards, SEQ_LEN, 0, 2, manifest["vocab_size"])
+    r1, s1 = read_rank_rows(shards, SEQ_LEN, 1, 2, manifest["vocab_size"])
+    assert s0 == s1 == 0
+    assert r0.shape[1] == SEQ_LEN and len(r0) + len(r1) == manifest["total_rows"]
+    assert abs(len(r0) - len(r1)) <= 1
+    every = np.concatenate([pq.read_table(s).column("input_ids").to_pylist() for s in shards])
+    np.testing.assert_array_equal(r0, every[0::2])
+    np.testing.assert_array_equal(r1, every[1::2])
+
+    # A malformed row (wrong length) and an out-of-vocabulary row are skipped, not trained on.
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"input_ids": pa.array([[5] * SEQ_LEN, [5] * 3, [10_000] * SEQ_LEN],
+                                                   type=pa.list_(pa.int32()))}), bad)
+    rows, skipped = read_rank_rows([str(bad)], SEQ_LEN, 0, 1, manifest["vocab_size"])
+    assert rows.shape == (1, SEQ_LEN) and skipped == 2
+
+
+def test_batch_stream_resumes_exactly():
+    rows = np.arange(10 * 4).reshape(10, 4)
+    s = BatchStream(rows, batch_size=3, seed=0, rank=0)
+    assert s.per_epoch == 3
+    it = s.iter_from(0)
+    first = [next(it) for _ in range(8)]  # crosses two epoch boundaries
+    it5 = s.iter_from(5)
+    for epoch_batch in first[5:]:
+        e, b = next(it5)
+        assert e == epoch_batch[0]
+        np.testing.assert_array_equal(b, epoch_batch[1])
+    assert {tuple(r) for _, b in first[:3] for r in b.tolist()} <= {tuple(r) for r in rows.tolist()}
+
+
+def test_deepspeed_config_is_filled_from_the_pretrain_section(tmp_path):
+    cfg = tiny_cfg(tmp_path, zero_stage=1, gradient_accumulation_steps=2)
+    base = load_ds_config(cfg.pretrain.deepspeed_config)
+    assert base["zero_optimization"]["stage"] == 2 and "_comment" not in base
+    cpu = build_ds_config(base, cfg.pretrain, world_size=2, on_gpu=False)
+    assert cpu["zero_optimization"]["stage"] == 1
+    assert cpu["train_batch_size"] == 4 * 2 * 2 and cpu["train_micro_batch_size_per_gpu"] == 4
+    assert cpu["optimizer"]["params"]["torch_adam"] is True and cpu["optimizer"]["params"]["lr"] == 0.01
+    assert cpu["bf16"]["enabled"] is False and cpu["gradient_clipping"] > 0
+    assert cpu["scheduler"]["params"]["total_num_steps"] == 6
+    assert build_ds_config(base, cfg.pretrain, world_size=8, on_gpu=True)["bf16"]["enabled"] is True
+    for name in ("zero1.json", "zero3.json"):
+        variant = load_ds_config(Path(cfg.pretrain.deepspeed_config).with_name(name))
+        assert variant["zero_optimization"]["stage"] == int(name[4])
+
+
+@pytest.mark.slow
+def test_pretrain_trains_exports_and_reuses(ray_local, tmp_path):
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from modpipe import pretrain
+    from modpipe.models.fingerprint import read_backbone_fingerprint
+
+    curated = make_curate_output(tmp_path / "curate")
+    cfg = tiny_cfg(tmp_path / "run")
+    out = pretrain.run(cfg, curated)
+
+    backbone = Path(out["backbone"])
+    assert backbone.parent == cfg.run_path / "pretrain" and backbone.name.startswith("backbone-")
+    metrics = json.loads(Path(out["metrics"]).read_text())
+    assert metrics["steps"] == 6 and metrics["world_size"] == 2 and metrics["zero_stage"] == 2
+    assert [p["step"] for p in metrics["loss_curve"]] == [2, 4, 6]
+    losses = [p["loss"] for p in metrics["loss_curve"]]
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < math.log(metrics["vocab_size"])  # below a uniform guess: it learned something
+    assert losses[-1] < losses[0]
+    assert metrics["params"] > 0 and metrics["tokens_per_s"] > 0 and metrics["mfu"] is None
+    assert metrics["tokens_seen"] == 6 * 2 * 4 * SEQ_LEN
+
+    # The export: safetensors only, loadable by the Auto classes, fingerprint verifies.
+    files = {p.name for p in backbone.iterdir()}
+    assert "model.safetensors" in files and "tokenizer.json" in files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    assert out["fingerprint"] == read_backbone_fingerprint(backbone, verify=True)
+    lm = AutoModelForCausalLM.from_pretrained(backbone)
+    assert lm.config.hidden_size == 32 and lm.config.num_hidden_layers == 2
+    assert AutoModel.from_pretrained(backbone).config.vocab_size == metrics["vocab_size"]
+    tok = AutoTokenizer.from_pretrained(backbone)
+    assert (tok.pad_token_id, tok.unk_token_id, tok.eos_token_id) == (0, 1, 2)
+    ids = tok("Command-line parsing library", return_tensors="pt")["input_ids"]
+    assert lm(input_ids=ids).logits.shape == (1, ids.shape[1], metrics["vocab_size"])
+
+    # Done -> same dir, nothing retrained.
+    stamp = (backbone / "provenance.json").stat().st_mtime_ns
+    assert pretrain.run(cfg, curated) == out
+    assert (backbone / "provenance.json").stat().st_mtime_ns == stamp
+
+    # Lost output but Ray's run is still there: the rerun resumes from the final checkpoint (no new steps)
+    # and exports the same weights.
+    shutil.rmtree(backbone)
+    again = pretrain.run(cfg, curated)
+    assert again["backbone"] == out["backbone"] and again["fingerprint"] == out["fingerprint"]
+    assert json.loads(Path(again["metrics"]).read_text())["resumed_from_step"] == 6
