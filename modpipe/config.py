@@ -40,6 +40,11 @@ class CorpusConfig(_Section):
     """Cap per translated-language folder."""
     min_docs_per_language: int = 20
     """Language folders with fewer pages are not used as task classes (still pretraining text)."""
+    max_docs_per_cluster: int = 20
+    """Cap per templated cluster (pages sharing a command-name prefix, e.g. the ~16.6k ``gcloud*`` pages of man1)
+    inside one section or language folder."""
+    min_pages: int = 50
+    """A man harvest with fewer pages (or a missing man_root) falls back to Python stdlib docstrings."""
     paths: list[str] = []
     """For source=files: files or folders of .jsonl / .jsonl.gz / .txt files."""
     text_field: str = "text"
@@ -58,11 +63,22 @@ class CurateConfig(_Section):
     rows_per_shard: int = 4096
     parallelism: int = 2
     """Ray Data read/map parallelism (blocks)."""
+    symbols: list[str] = ["#", "...", "\u2026"]
+    """Symbols counted by the symbol/word-ratio filter (Gopher: hash and ellipsis)."""
+    decontaminate_splits: list[str] = ["val", "test"]
+    """Task splits whose examples (by id and by normalised-text hash, whole or truncated) are removed
+    from the pretraining text."""
+    tokenizer_min_frequency: int = 2
+    """BPE merges need at least this many occurrences."""
+    docs_per_file: int = 2000
+    """Rows per docs/*.parquet and per raw JSONL part."""
 
 
 class TaskSpec(_Section):
     name: str
-    kind: Literal["man_section", "man_language"]
+    kind: Literal["man_section", "man_language", "py_package"]
+    """man_section: English page -> its section; man_language: translated page -> its language folder;
+    py_package: stdlib docstring -> its top-level package (the fallback corpus)."""
     max_chars: int = 2000
     """Each example is truncated to this many characters before tokenization."""
 
@@ -74,6 +90,10 @@ class TasksConfig(_Section):
     ]
     val_frac: float = 0.1
     test_frac: float = 0.2
+    min_examples_per_label: int = 20
+    """Labels with fewer (deduplicated) examples are dropped (man_language uses corpus.min_docs_per_language)."""
+    min_chars: int = 100
+    """Examples shorter than this after normalisation are dropped."""
 
     @field_validator("test_frac", "val_frac")
     @classmethod

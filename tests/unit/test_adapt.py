@@ -1,0 +1,348 @@
+"""Adapt stage: real Ray Train runs (one per task, concurrently) of LoRA on a tiny real Llama backbone.
+
+The backbone's tokenizer is a BPE trained on stdlib module docstrings; the tasks are real labels over stdlib
+docstrings (which module a function/method comes from; function vs class).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from modpipe.config import ModelConfig, load_config
+
+TOKENIZER_MODULES = ("argparse", "collections", "email", "json", "logging", "textwrap", "typing", "unittest",
+                     "inspect", "tarfile", "os", "shutil", "pydoc", "ast", "decimal")
+TINY_MODEL = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
+SPLIT_SIZES = {"train": 60, "val": 15, "test": 24}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- fixtures' builders (also used by test_tune.py)
+
+
+def make_backbone(root: Path) -> Path:
+    """Tiny LlamaForCausalLM + its BPE tokenizer (<pad>,<unk>,<eos> = 0,1,2) saved like pretrain exports it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from modpipe.models.backbone import build_causal_lm, hf_tokenizer
+    from modpipe.models.fingerprint import write_backbone_fingerprint
+
+    docs = [importlib.import_module(m).__doc__ for m in TOKENIZER_MODULES]
+    assert all(docs)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<unk>", "<eos>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    assert [tok.token_to_id(t) for t in ("<pad>", "<unk>", "<eos>")] == [0, 1, 2]
+    root.mkdir(parents=True)
+    tok.save(str(root / "tokenizer.src.json"))
+    model = build_causal_lm(TINY_MODEL, tok.get_vocab_size(), seed=0)
+    out = root / "backbone"
+    model.save_pretrained(out)
+    hf_tokenizer(root / "tokenizer.src.json").save_pretrained(out)
+    write_backbone_fingerprint(out)
+    return out
+
+
+def _docstrings(module: str, kinds: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(qualified name, docstring) of public functions / classes / methods defined in ``module``."""
+    mod = importlib.import_module(module)
+    out = []
+    for name, obj in sorted(vars(mod).items()):
+        if name.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
+            continue
+        if inspect.isfunction(obj) and "function" in kinds and inspect.getdoc(obj):
+            out.append((f"{module}.{name}", inspect.getdoc(obj)))
+        elif inspect.isclass(obj):
+            if "class" in kinds and obj.__doc__:
+                out.append((f"{module}.{name}", inspect.cleandoc(obj.__doc__)))
+            if "method" in kinds:
+                for mname, meth in sorted(vars(obj).items()):
+                    if inspect.isfunction(meth) and not mname.startswith("_") and meth.__doc__:
+                        out.append((f"{module}.{name}.{mname}", inspect.cleandoc(meth.__doc__)))
+    return out
+
+
+def _write_task(tasks_dir: Path, name: str, labels: list[str], rows_by_label: dict[str, list[tuple[str, str]]]):
+    """Balanced, shuffled splits in curate's layout: {train,val,test}.parquet + labels.json."""
+    rng = random.Random(0)
+    n_total = sum(SPLIT_SIZES.values())
+    per_label = -(-n_total // len(labels))
+    rows = []
+    for label_id, label in enumerate(labels):
+        items = list(dict(rows_by_label[label]).items())  # dedup names
+        rng.shuffle(items)
+        assert len(items) >= per_label, (name, label, len(items))
+        rows += [(qn, text, label, label_id) for qn, text in items[:per_label]]
+    rng.shuffle(rows)
+    rows = rows[:n_total]
+    d = tasks_dir / name
+    d.mkdir(parents=True)
+    start = 0
+    for split, n in SPLIT_SIZES.items():
+        part = rows[start:start + n]
+        start += n
+        pq.write_table(pa.table({
+            "id": [r[0] for r in part], "text": [r[1] for r in part], "label": [r[2] for r in part],
+            "label_id": pa.array([r[3] for r in part], pa.int64()),
+        }), d / f"{split}.parquet")
+    (d / "labels.json").write_text(json.dumps(labels))
+
+
+def make_tasks(tasks_dir: Path) -> list[str]:
+    """doc_module: which of inspect / logging / tarfile a function or method docstring comes from;
+    doc_kind: function vs class docstring across several modules."""
+    mods = ["inspect", "logging", "tarfile"]
+    _write_task(tasks_dir, "doc_module", mods, {m: _docstrings(m, ("function", "method")) for m in mods})
+    funcs = [x for m in ("turtle", "pydoc", "os", "shutil") for x in _docstrings(m, ("function",))]
+    classes = [x for m in ("ast", "socket", "decimal", "ssl", "smtplib", "http.client", "xml.dom.minidom", "logging",
+                           "tarfile", "itertools") for x in _docstrings(m, ("class",))]
+    _write_task(tasks_dir, "doc_kind", ["function", "class"], {"function": funcs, "class": classes})
+    return ["doc_module", "doc_kind"]
+
+
+def adapt_cfg(run_dir: Path, tasks: list[str], **adapt):
+    sets = [f"run_dir={run_dir}", f"adapt.tasks={json.dumps(tasks)}", "adapt.epochs=2", "adapt.batch_size=16",
+            "adapt.max_length=64", "adapt.lr=0.01", "adapt.lora.r=4", "adapt.num_workers_per_task=1",
+            "adapt.cpus_per_worker=1", "adapt.max_failures=0"]
+    return load_config(overrides=sets + [f"adapt.{k}={v}" for k, v in adapt.items()])
+
+
+def weight_digests(backbone: Path) -> dict[str, str]:
+    return {p.name: _sha(p) for p in sorted(backbone.glob("*.safetensors"))}
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapt")
+    backbone = make_backbone(root / "model")
+    tasks_dir = root / "tasks"
+    tasks = make_tasks(tasks_dir)
+    broken = tasks_dir / "broken"  # a task missing its test split: reported, never trained
+    broken.mkdir()
+    (broken / "labels.json").write_text(json.dumps(["a", "b"]))
+    for split in ("train", "val"):
+        pq.write_table(pa.table({"id": ["x"], "text": ["some text"], "label": ["a"],
+                                 "label_id": pa.array([0], pa.int64())}), broken / f"{split}.parquet")
+    return {"root": root, "backbone": backbone, "tasks_dir": tasks_dir, "tasks": tasks}
+
+
+@pytest.fixture(scope="module")
+def adapted(world, ray_local):
+    from modpipe import adapt
+
+    cfg = adapt_cfg(world["root"] / "run", world["tasks"] + ["broken"])
+    before = weight_digests(world["backbone"])
+    out = adapt.run(cfg, str(world["backbone"]), str(world["tasks_dir"]))
+    return {"cfg": cfg, "out": out, "weights_before": before}
+
+
+# ---------------------------------------------------------------- tests without Ray
+
+
+def test_metrics_come_from_sklearn_definitions():
+    from modpipe.evaluate import classification_metrics, confusion
+
+    m = classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], prefix="test_")
+    assert m["test_accuracy"] == pytest.approx(3 / 5)
+    # per-class F1: class0 1/(1+0.5*(1+1)) = 0.5, class1 2/(2+0.5) = 0.8, class2 0 -> macro 0.4333
+    assert m["test_macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert confusion([0, 1], [1, 1], 3) == [[0, 1, 0], [0, 1, 0], [0, 0, 0]]
+    with pytest.raises(ValueError):
+        classification_metrics([0, 1], [0])
+
+
+def test_bad_rows_are_dropped_with_reasons(tmp_path):
+    from modpipe.adapt.data import TaskDataError, load_task, read_split
+
+    d = tmp_path / "t"
+    d.mkdir()
+    (d / "labels.json").write_text(json.dumps(["a", "b"]))
+    pq.write_table(pa.table({"id": ["1", "2", "3", "4"], "text": ["good text", "", None, "also good"],
+                             "label": ["a", "a", "b", "z"], "label_id": pa.array([0, 1, 1, 7], pa.int64())}),
+                   d / "train.parquet")
+    s = read_split(d, "train", 2)
+    assert s.ids == ["1"] and s.label_ids == [0]
+    assert sorted(r["reason"] for r in s.rejects) == ["empty_text", "empty_text", "label_id_out_of_range"]
+    with pytest.raises(TaskDataError, match="val.parquet: missing"):
+        load_task(tmp_path, "t")
+    pq.write_table(pa.table({"id": ["1"], "body": ["x"]}), d / "val.parquet")
+    with pytest.raises(TaskDataError, match="missing column"):
+        read_split(d, "val", 2)
+
+
+def test_task_selection_falls_back_to_every_task(tmp_path):
+    from modpipe.adapt import select_tasks
+
+    for name in ("b_task", "a_task"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "labels.json").write_text("[]")
+    (tmp_path / "not_a_task").mkdir()
+    assert select_tasks(adapt_cfg(tmp_path / "r", ["b_task", "zzz"]), tmp_path) == ["b_task"]
+    assert select_tasks(adapt_cfg(tmp_path / "r", ["zzz"]), tmp_path) == ["a_task", "b_task"]
+
+
+def test_every_task_failing_raises(tmp_path, world):
+    from modpipe import adapt
+
+    bad = tmp_path / "tasks" / "only_bad"
+    bad.mkdir(parents=True)
+    (bad / "labels.json").write_text("not json")
+    with pytest.raises(adapt.AdaptError, match="only_bad: bad task data: .*labels.json: not JSON"):
+        adapt.run(adapt_cfg(tmp_path / "run", ["only_bad"]), str(world["backbone"]), str(tmp_path / "tasks"))
+
+
+# ---------------------------------------------------------------- the real run
+
+
+@pytest.mark.slow
+def test_modules_written_with_metrics_and_manifest(adapted, world):
+    from modpipe.lineage import sha256_file
+    from modpipe.models.fingerprint import read_backbone_fingerprint
+
+    out = adapted["out"]
+    assert set(out["modules"]) == set(world["tasks"])
+    assert set(out["failed"]) == {"broken"} and "test.parquet: missing" in out["failed"]["broken"]
+    for task in world["tasks"]:
+        mdir = Path(out["modules"][task])
+        assert mdir.parent == adapted["cfg"].run_path / "adapt" and mdir.name.startswith(f"{task}-")
+        assert (mdir / "adapter_model.safetensors").is_file() and (mdir / "adapter_config.json").is_file()
+        assert not list(mdir.glob("*.bin")) and not list(mdir.glob("*.pt"))
+        m = json.loads(Path(out["metrics"][task]).read_text())
+        for k in ("test_accuracy", "test_macro_f1", "val_accuracy", "val_macro_f1"):
+            assert 0.0 <= m[k] <= 1.0, (k, m[k])
+        assert (m["n_train"], m["n_val"], m["n_test"]) == (60, 15, 24)
+        assert 0 < m["trainable_params"] < 0.2 * m["total_params"]
+        assert m["train_seconds"] > 0 and [h["epoch"] for h in m["history"]] == [1, 2]
+        module = json.loads((mdir / "module.json").read_text())
+        assert module["task"] == task and module["num_labels"] == len(module["labels"])
+        assert module["backbone_fingerprint"] == read_backbone_fingerprint(world["backbone"])
+        assert module["lora"]["r"] == 4 and module["seed"] == 0
+        assert module["train_data_digest"] == sha256_file(world["tasks_dir"] / task / "train.parquet")
+        assert set(module["files"]) == {p.name for p in mdir.iterdir()} - {"module.json", "provenance.json"}
+        assert all(sha256_file(mdir / f) == h for f, h in module["files"].items())
+        adapter_cfg = json.loads((mdir / "adapter_config.json").read_text())
+        assert adapter_cfg["task_type"] == "SEQ_CLS" and "score" in adapter_cfg["modules_to_save"]
+
+
+@pytest.mark.slow
+def test_tasks_trained_concurrently(adapted, world):
+    spans = []
+    for task in world["tasks"]:
+        m = json.loads(Path(adapted["out"]["metrics"][task]).read_text())
+        assert m["train_started"] < m["train_finished"]
+        spans.append((m["train_started"], m["train_finished"]))
+    (s1, e1), (s2, e2) = spans
+    assert s1 < e2 and s2 < e1, f"Ray Train runs did not overlap: {spans}"
+
+
+@pytest.mark.slow
+def test_backbone_weights_bitwise_unchanged(adapted, world):
+    assert weight_digests(world["backbone"]) == adapted["weights_before"]
+
+
+@pytest.mark.slow
+def test_module_reloads_and_reproduces_test_predictions(adapted, world):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from modpipe.evaluate import classification_metrics
+
+    tokenizer = AutoTokenizer.from_pretrained(world["backbone"])
+    for task in world["tasks"]:
+        mdir = Path(adapted["out"]["modules"][task])
+        labels = json.loads((mdir / "module.json").read_text())["labels"]
+        base = AutoModelForSequenceClassification.from_pretrained(world["backbone"], num_labels=len(labels))
+        model = PeftModel.from_pretrained(base, str(mdir)).eval()
+        test = pq.read_table(world["tasks_dir"] / task / "test.parquet").to_pydict()
+        preds = []
+        with torch.no_grad():
+            for i in range(0, len(test["text"]), 16):  # the module's recorded batch size
+                enc = tokenizer(test["text"][i:i + 16], truncation=True, max_length=64, padding=True,
+                                return_tensors="pt")
+                preds += model(**enc).logits.argmax(-1).tolist()
+        recorded = pq.read_table(mdir / "test_predictions.parquet").to_pydict()
+        assert recorded["id"] == test["id"] and recorded["pred_id"] == preds
+        m = json.loads((mdir / "metrics.json").read_text())
+        assert classification_metrics(test["label_id"], preds, prefix="test_") == {
+            "test_accuracy": m["test_accuracy"], "test_macro_f1": m["test_macro_f1"]}
+        # LoRA B starts at zero: non-zero B means the adapter really trained
+        weights = load_file(str(mdir / "adapter_model.safetensors"))
+        lora_b = [v for k, v in weights.items() if "lora_B" in k]
+        assert lora_b and any(v.abs().sum() > 0 for v in lora_b)
+        assert any("score" in k for k in weights)
+
+
+@pytest.mark.slow
+def test_rerun_reuses_step_dirs(adapted, world):
+    from modpipe import adapt
+
+    first = adapted["out"]
+    provenance = {t: (Path(d) / "provenance.json").read_text() for t, d in first["modules"].items()}
+    again = adapt.run(adapted["cfg"], str(world["backbone"]), str(world["tasks_dir"]))
+    assert again["modules"] == first["modules"] and again["metrics"] == first["metrics"]
+    assert {t: (Path(d) / "provenance.json").read_text() for t, d in again["modules"].items()} == provenance
+
+
+@pytest.mark.slow
+def test_one_task_on_two_ddp_workers(world, ray_local):
+    """world size 2: DDP over gloo, rows and val predictions split over the ranks and gathered."""
+    from modpipe import adapt
+
+    cfg = adapt_cfg(world["root"] / "run-ddp", ["doc_kind"], num_workers_per_task=2, epochs=1)
+    out = adapt.run(cfg, str(world["backbone"]), str(world["tasks_dir"]))
+    m = json.loads(Path(out["metrics"]["doc_kind"]).read_text())
+    assert m["world_size"] == 2 and m["n_val"] == 15 and m["n_test"] == 24
+    assert 0.0 <= m["val_accuracy"] <= 1.0
+    # val accuracy covers every val row exactly once: it is a multiple of 1/15
+    assert round(m["val_accuracy"] * 15, 6) == int(round(m["val_accuracy"] * 15))
+    # the world size changes the global batch, so it is part of the module's fingerprint
+    from modpipe.adapt.data import load_task
+    from modpipe.models.fingerprint import read_backbone_fingerprint
+
+    task, bfp = load_task(world["tasks_dir"], "doc_kind"), read_backbone_fingerprint(world["backbone"])
+    one = adapt_cfg(world["root"] / "run-ddp", ["doc_kind"], num_workers_per_task=1, epochs=1)
+    fp_two, fp_one = (adapt.task_fingerprint(adapt.hparams(c), 0, bfp, task) for c in (cfg, one))
+    assert Path(out["modules"]["doc_kind"]).name == f"doc_kind-{fp_two}" and fp_one != fp_two
+
+
+@pytest.mark.slow
+def test_rerun_of_a_ray_run_resumes_from_its_latest_epoch(world, ray_local):
+    """Same Ray run name again: Train V2 hands the worker its latest checkpoint (adapter + optimizer + state)
+    and only the remaining epochs train."""
+    from modpipe import adapt
+    from modpipe.adapt.data import load_task
+    from modpipe.adapt.loop import STATE_FILE
+    from modpipe.adapt.trainer import make_trainer
+
+    cfg = adapt_cfg(world["root"] / "run-resume", ["doc_module"])
+    task = load_task(world["tasks_dir"], "doc_module")
+    storage = str(cfg.run_path / "adapt" / "ray")
+    job = adapt.make_job(cfg, task, str(world["backbone"]), adapt.hparams(cfg))
+    first = make_trainer({**job, "epochs": 1}, adapt.scaling(cfg), "resume-me", storage, 0).fit()
+    assert [m["epoch"] for _, m in first.best_checkpoints] == [1]
+    second = make_trainer({**job, "epochs": 2}, adapt.scaling(cfg), "resume-me", storage, 0).fit()
+    assert [m["epoch"] for _, m in second.best_checkpoints] == [1, 2]
+    with second.checkpoint.as_directory() as d:
+        state = json.loads(Path(d, STATE_FILE).read_text())
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+    # epoch 2 ran in a new worker process, yet it continued the first run's state (its start time)
+    assert state["started_at"] == first.best_checkpoints[0][1]["started_at"]
+    assert second.best_checkpoints[1][1]["reported_at"] > first.best_checkpoints[0][1]["reported_at"]
