@@ -23,7 +23,7 @@ from modpipe.config import ConfigError, PipelineConfig, dump_config, load_config
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="modpipe: curate -> pretrain -> adapt -> tune -> publish")
 registry_app = typer.Typer(no_args_is_help=True, help="Inspect the module registry.")
 app.add_typer(registry_app, name="registry")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML file merged over the defaults")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override, e.g. pretrain.steps=50")]

@@ -70,7 +70,7 @@ class CurateConfig(_Section):
     from the pretraining text."""
     tokenizer_min_frequency: int = 2
     """BPE merges need at least this many occurrences."""
-    docs_per_file: int = 2000
+    docs_per_file: int = 1000
     """Rows per docs/*.parquet and per raw JSONL part."""
 
 
