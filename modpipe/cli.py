@@ -30,10 +30,13 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="overri
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)], force=True,
-    )
+    # Rich on a terminal; plain lines (no wrapping at 80 columns) in logs of jobs, workers and CI.
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+        fmt = "%(name)s: %(message)s"
+    else:
+        handler, fmt = logging.StreamHandler(), "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler], force=True)
     for noisy in ("urllib3", "httpx", "alembic", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # DeepSpeed must see the CPU accelerator before it is first imported (here or in Ray workers).

@@ -133,7 +133,7 @@ class ModelConfig(_Section):
 class PretrainConfig(_Section):
     """DeepSpeed ZeRO data-parallel pretraining run by Ray Train (one worker per GPU, or per CPU slot)."""
 
-    steps: int = 120
+    steps: int = 600
     """Optimizer steps."""
     micro_batch_size: int = 16
     """Sequences per worker per micro-step (DeepSpeed train_micro_batch_size_per_gpu)."""
@@ -192,7 +192,7 @@ class AdaptConfig(_Section):
     lr: float = 2e-3
     """AdamW learning rate of the LoRA matrices and the head."""
     weight_decay: float = 0.0
-    epochs: int = 3
+    epochs: int = 5
     batch_size: int = 16
     """Rows per worker per step (global batch = batch_size * num_workers_per_task); also the eval batch."""
     max_length: int = 256

@@ -26,8 +26,12 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
         # "local" forces a fresh in-process cluster; None would attach to any `ray start` cluster on the host.
         ray.init(
             address="local",
+            _node_ip_address="127.0.0.1",  # servers bind to loopback unless a cluster address is given
             num_cpus=cfg.num_cpus or max(2, os.cpu_count() or 2),
-            include_dashboard=False,
+            # The dashboard serves Ray's state API, which Train V2's PlacementGroupCleaner needs to free the
+            # workers of a trainer whose driver was stopped (an ASHA-stopped trial); loopback only.
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
             configure_logging=True,
             log_to_driver=True,
             **kwargs,
