@@ -1,7 +1,7 @@
 from prefect import flow, task
 
-from flows.common import config, retry_transient
-from modpipe import adapt, curate, pretrain
+from flows.common import config, retry_transient, upstream
+from modpipe import adapt
 
 
 @task(retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
@@ -16,8 +16,4 @@ def adapt_flow(
 ) -> dict:
     """Train one module per task, concurrently; upstream outputs are reused when not given."""
     cfg = config(config_path, overrides)
-    if tasks_dir is None:
-        tasks_dir = curate.run(cfg)["tasks_dir"]
-    if backbone is None:
-        backbone = pretrain.run(cfg, curate.run(cfg))["backbone"]
-    return adapt_task(cfg, backbone, tasks_dir)
+    return adapt_task(cfg, *upstream(cfg, backbone, tasks_dir))

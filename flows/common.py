@@ -52,3 +52,14 @@ def link(cfg: PipelineConfig, path: str | None, what: str) -> None:
         create_link_artifact(
             link=Path(path).resolve().as_uri(), link_text=what, key=artifact_key(cfg, what),
         )
+
+
+def upstream(cfg: PipelineConfig, backbone: str | None, tasks_dir: str | None) -> tuple[str, str]:
+    """A stage flow run on its own: reuse (by fingerprint) or build the backbone and task datasets."""
+    from modpipe.pipeline import run_stage
+
+    if backbone is None or tasks_dir is None:
+        curated = run_stage(cfg, "curate")
+        tasks_dir = tasks_dir or curated["tasks_dir"]
+        backbone = backbone or run_stage(cfg, "pretrain", curated=curated)["backbone"]
+    return backbone, tasks_dir

@@ -1,7 +1,8 @@
 from prefect import flow, task
 
 from flows.common import config, retry_transient, stats_table
-from modpipe import curate, pretrain
+from modpipe import pretrain
+from modpipe.pipeline import run_stage
 
 
 @task(retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
@@ -15,7 +16,7 @@ def pretrain_flow(
 ) -> dict:
     """Pretrain the backbone with DeepSpeed inside Ray Train; without `curated`, reuse (or build) curate's output."""
     cfg = config(config_path, overrides)
-    curated = curated or curate.run(cfg)
+    curated = curated or run_stage(cfg, "curate")
     out = pretrain_task(cfg, curated)
     stats_table(cfg, out.get("metrics"), "pretrain-metrics")
     return out

@@ -1,7 +1,8 @@
 from prefect import flow, task
 
 from flows.common import config
-from modpipe import adapt, curate, pretrain, registry
+from modpipe import registry
+from modpipe.pipeline import run_stage
 
 
 @task
@@ -17,10 +18,10 @@ def publish_flow(
     """Register the modules that pass the gate in the MLflow registry; list the rejected ones with reasons."""
     cfg = config(config_path, overrides)
     if manifest is None or backbone is None or modules is None:
-        curated = curate.run(cfg)
+        curated = run_stage(cfg, "curate")
         manifest = manifest or curated["manifest"]
-        backbone = backbone or pretrain.run(cfg, curated)["backbone"]
-        modules = modules or adapt.run(cfg, backbone, curated["tasks_dir"])["modules"]
+        backbone = backbone or run_stage(cfg, "pretrain", curated=curated)["backbone"]
+        modules = modules or run_stage(cfg, "adapt", curated=curated, backbone=backbone)["modules"]
     out = publish_task(cfg, backbone, modules, manifest)
     for r in out.get("rejected", []):
         print(f"not published: {r['task']}: {r['reason']}")

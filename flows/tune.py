@@ -1,7 +1,7 @@
 from prefect import flow, task
 
-from flows.common import config, retry_transient
-from modpipe import curate, pretrain, tune
+from flows.common import config, retry_transient, upstream
+from modpipe import tune
 
 
 @task(retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
@@ -16,8 +16,4 @@ def tune_flow(
 ) -> dict:
     """Ray Tune (ASHA) over module hyperparameters for one task."""
     cfg = config(config_path, overrides)
-    if tasks_dir is None:
-        tasks_dir = curate.run(cfg)["tasks_dir"]
-    if backbone is None:
-        backbone = pretrain.run(cfg, curate.run(cfg))["backbone"]
-    return tune_task(cfg, backbone, tasks_dir)
+    return tune_task(cfg, *upstream(cfg, backbone, tasks_dir))

@@ -142,77 +142,42 @@ def curate(config: ConfigOpt = None, set_: SetOpt = None, validate: bool = True)
     _emit(_guard(go))
 
 
-@app.command()
-def pretrain(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Pretrain the backbone (DeepSpeed ZeRO inside Ray Train); curates first if needed."""
+def _stage(name: str, config: str | None, set_: list[str] | None) -> None:
     _setup_logging()
 
     def go():
-        from modpipe import curate as c
-        from modpipe import pretrain as stage
+        from modpipe.pipeline import run_stage
 
-        cfg = _load(config, set_)
-        return stage.run(cfg, c.run(cfg))
+        out = run_stage(_load(config, set_), name)
+        for r in out.get("rejected", []) if name == "publish" else []:
+            console.print(f"not published: {r['task']}: {r['reason']}")
+        return out
 
     _emit(_guard(go))
 
 
-def _upstream(cfg: PipelineConfig) -> tuple[dict, dict]:
-    from modpipe import curate as c
-    from modpipe import pretrain as p
-
-    curated = c.run(cfg)
-    return curated, p.run(cfg, curated)
+@app.command()
+def pretrain(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Pretrain the backbone (DeepSpeed ZeRO inside Ray Train); curates first if needed."""
+    _stage("pretrain", config, set_)
 
 
 @app.command()
 def adapt(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Train one LoRA module + head per task on the frozen backbone, tasks in parallel."""
-    _setup_logging()
-
-    def go():
-        from modpipe import adapt as stage
-
-        cfg = _load(config, set_)
-        curated, trained = _upstream(cfg)
-        return stage.run(cfg, trained["backbone"], curated["tasks_dir"])
-
-    _emit(_guard(go))
+    _stage("adapt", config, set_)
 
 
 @app.command()
 def tune(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Ray Tune (ASHA) over learning rate and LoRA rank for one task."""
-    _setup_logging()
-
-    def go():
-        from modpipe import tune as stage
-
-        cfg = _load(config, set_)
-        curated, trained = _upstream(cfg)
-        return stage.run(cfg, trained["backbone"], curated["tasks_dir"])
-
-    _emit(_guard(go))
+    _stage("tune", config, set_)
 
 
 @app.command()
 def publish(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Gate the modules and register those that pass in the MLflow registry."""
-    _setup_logging()
-
-    def go():
-        from modpipe import adapt as a
-        from modpipe import registry
-
-        cfg = _load(config, set_)
-        curated, trained = _upstream(cfg)
-        modules = a.run(cfg, trained["backbone"], curated["tasks_dir"])["modules"]
-        out = registry.publish(cfg, trained["backbone"], modules, curated["manifest"])
-        for r in out.get("rejected", []):
-            console.print(f"not published: {r['task']}: {r['reason']}")
-        return out
-
-    _emit(_guard(go))
+    _stage("publish", config, set_)
 
 
 @registry_app.command("list")
@@ -231,10 +196,11 @@ def registry_list(config: ConfigOpt = None, set_: SetOpt = None) -> None:
         t.add_column(col)
     for r in rows:
         tags = r.get("tags") or {}
-        metric = next((f"{k}={v}" for k, v in tags.items() if k.startswith("metric.")), "")
+        gate = tags.get("gate.metric", "")
+        metric = f"{gate}={float(tags[f'metric.{gate}']):.4f}" if f"metric.{gate}" in tags else ""
         t.add_row(str(r.get("name")), str(r.get("version")), ",".join(r.get("aliases") or []), metric,
                   str(tags.get("backbone_fingerprint", ""))[:12])
-    Console().print(t)
+    Console(width=None if sys.stdout.isatty() else 160).print(t)
 
 
 @app.command("config")

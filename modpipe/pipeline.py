@@ -55,3 +55,29 @@ def write_summary(cfg: PipelineConfig, summary: dict[str, Any]) -> dict[str, Any
     summary = {**summary, "summary": str(path), "report": report}
     path.write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+STAGES = ("curate", "contracts", "pretrain", "adapt", "tune", "publish")
+
+
+def run_stage(cfg: PipelineConfig, name: str, *, curated: dict | None = None, backbone: str | None = None,
+              modules: dict | None = None) -> dict[str, Any]:
+    """Run one stage; upstream outputs not given are built, or reused by fingerprint when already there."""
+    from modpipe import adapt, contracts, curate, pretrain, registry, tune
+
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    if name == "curate":
+        return curate.run(cfg)
+    curated = curated or curate.run(cfg)
+    if name == "contracts":
+        return contracts.run(cfg, curated)
+    if name == "pretrain":
+        return pretrain.run(cfg, curated)
+    backbone = backbone or pretrain.run(cfg, curated)["backbone"]
+    if name == "adapt":
+        return adapt.run(cfg, backbone, curated["tasks_dir"])
+    if name == "tune":
+        return tune.run(cfg, backbone, curated["tasks_dir"])
+    modules = modules or adapt.run(cfg, backbone, curated["tasks_dir"])["modules"]
+    return registry.publish(cfg, backbone, modules, curated["manifest"])

@@ -52,3 +52,31 @@ def test_dag_leaves_every_artifact(dag_result):
     assert {r["name"] for r in result["publish"]["registered"]} <= names
     assert result["publish"]["registered"], result["publish"]
     assert Path(result["summary"]).is_file()
+
+
+def test_registry_list_and_report(dag_result):
+    import subprocess
+    import sys
+
+    run_dir, result = dag_result
+    r = subprocess.run(
+        [sys.executable, "-m", "modpipe", "registry", "list", "--config", SMOKE, "--set", f"run_dir={run_dir}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    for reg in result["publish"]["registered"]:
+        assert reg["name"] in r.stdout
+    report = Path(result["report"]).read_text()
+    assert "Modules (test split)" in report and "man_section" in report
+
+
+def test_rerun_reuses_every_stage(dag_result):
+    """Stages are fingerprinted: the plain-Python DAG over the same config returns the same outputs at once."""
+    from modpipe.config import load_config
+    from modpipe.pipeline import run_all
+
+    run_dir, result = dag_result
+    again = run_all(load_config(SMOKE, [f"run_dir={run_dir}"]))
+    assert again["pretrain"]["backbone"] == result["pretrain"]["backbone"]
+    assert again["adapt"]["modules"] == result["adapt"]["modules"]
+    assert [r["version"] for r in again["publish"]["registered"]] == [r["version"] for r in result["publish"]["registered"]]
