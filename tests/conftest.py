@@ -22,3 +22,16 @@ def ray_local():
         ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture()
+def free_port():
+    """A function returning a free TCP port on 127.0.0.1."""
+    import socket
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return pick

@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,12 +18,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_http(url: str, timeout: float) -> None:
     end = time.time() + timeout
     while time.time() < end:
@@ -37,8 +30,8 @@ def _wait_http(url: str, timeout: float) -> None:
 
 
 @pytest.fixture()
-def prefect_server(tmp_path):
-    port = _free_port()
+def prefect_server(tmp_path, free_port):
+    port = free_port()
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect-home"),

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
-def ray_head(tmp_path):
+def ray_head(tmp_path, free_port):
     """`ray start --head --block` in its own process group, stopped by killing that group (not `ray stop`,
     which would also kill the test session's own local Ray)."""
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "DS_ACCELERATOR": "cpu"}
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path / "ray-head.log", "w")
