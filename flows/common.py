@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from modpipe.config import PipelineConfig, load_config
+from modpipe.report import stats_rows
 
 # Only errors a rerun can fix are retried: lost Ray nodes, network blips. A bad config, a failed contract or
 # a bug fails at once.
@@ -40,10 +39,8 @@ def stats_table(cfg: PipelineConfig, stats_path: str | None, what: str) -> None:
     """Publish a JSON stats file ({step: {in, out, removed, ...}}) as a Prefect table artifact."""
     if not stats_path or not Path(stats_path).is_file():
         return
-    stats: Any = json.loads(Path(stats_path).read_text())
-    rows = stats if isinstance(stats, list) else [
-        {"step": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in stats.items()
-    ]
+    rows = [{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()}
+            for r in stats_rows(json.loads(Path(stats_path).read_text()))]
     create_table_artifact(table=rows, key=artifact_key(cfg, what), description=f"{what} ({stats_path})")
 
 

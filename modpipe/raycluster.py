@@ -21,7 +21,8 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {"runtime_env": {"env_vars": env}} if env else {}
     if address:
-        ray.init(address=address, **kwargs)
+        # A cluster (or the Ray job we run in) brings its own runtime env; adding ours would conflict with it.
+        ray.init(address=address)
     else:
         # "local" forces a fresh in-process cluster; None would attach to any `ray start` cluster on the host.
         ray.init(

@@ -38,7 +38,10 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def _stats_rows(stats: Any) -> list[dict[str, Any]]:
+def stats_rows(stats: Any) -> list[dict[str, Any]]:
+    """Rows for a table: a stats file's per-step list when it has one, else its top-level entries."""
+    if isinstance(stats, dict) and isinstance(stats.get("steps"), list):
+        stats = stats["steps"]
     if isinstance(stats, list):
         return stats
     if isinstance(stats, dict):
@@ -50,7 +53,7 @@ def write_run_report(summary: dict[str, Any], out_path: str | Path) -> str:
     """Render timings, curation counts, contract results, pretraining and module metrics, registry outcome."""
     curate = summary.get("curate") or {}
     sections = [_table([{"stage": k, "seconds": v} for k, v in (summary.get("timings_s") or {}).items()], "Stages")]
-    sections.append(_table(_stats_rows(_read_json(curate.get("stats"))), "Curation counts"))
+    sections.append(_table(stats_rows(_read_json(curate.get("stats"))), "Curation counts"))
     dd = curate.get("data_docs") or (summary.get("contracts") or {}).get("data_docs")
     if dd:
         sections.append(f'<h2>Data contracts</h2><p><a href="{Path(dd).resolve().as_uri()}">Data Docs</a></p>')

@@ -65,6 +65,7 @@ def test_ray_job_submit_curate(ray_head, tmp_path):
         "--config", str(REPO_ROOT / "recipes" / "smoke.yaml"), "--set", f"run_dir={run_dir}",
     ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     client = JobSubmissionClient(address)
     status = client.get_job_status(job_id)
     assert status == JobStatus.SUCCEEDED, r.stdout[-3000:] + r.stderr[-3000:] + client.get_job_logs(job_id)[-3000:]
