@@ -12,15 +12,44 @@ pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def dag_result(tmp_path_factory):
+def prefect_api():
+    """A real temporary Prefect server (SQLite) for this module's flow runs."""
     from prefect.testing.utilities import prefect_test_harness
 
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def dag_result(prefect_api, tmp_path_factory):
     from flows.dag import dag_flow
 
     run_dir = tmp_path_factory.mktemp("dag")
-    with prefect_test_harness(server_startup_timeout=120):
-        result = dag_flow(config_path=SMOKE, overrides=[f"run_dir={run_dir}"])
+    result = dag_flow(config_path=SMOKE, overrides=[f"run_dir={run_dir}"])
     return run_dir, result
+
+
+def test_failing_contract_stops_the_dag_before_pretraining(prefect_api, tmp_path):
+    """A user's stricter suite fails on the curated docs: the DAG stops, naming the suite, expectation and data."""
+    import shutil
+
+    from flows.dag import dag_flow
+    from modpipe.contracts import ContractViolation
+
+    suites = tmp_path / "suites"
+    shutil.copytree(REPO_ROOT / "data_contracts", suites)
+    spec = json.loads((suites / "curated_docs.json").read_text())
+    spec["expectations"].append({"type": "expect_column_values_to_be_between",
+                                 "kwargs": {"column": "n_chars", "max_value": 10}})
+    (suites / "curated_docs.json").write_text(json.dumps(spec))
+    run_dir = tmp_path / "run"
+    with pytest.raises(ContractViolation) as err:
+        dag_flow(config_path=SMOKE, overrides=[f"run_dir={run_dir}", f"contracts.suites_dir={suites}"])
+    msg = str(err.value)
+    assert "curated_docs" in msg and "expect_column_values_to_be_between" in msg and "n_chars" in msg
+    assert "docs" in msg and "index.html" in msg  # names the data and the Data Docs page
+    assert not (run_dir / "pretrain").exists()
+    assert list(run_dir.glob("contracts/**/index.html"))
 
 
 def test_dag_leaves_every_artifact(dag_result):
