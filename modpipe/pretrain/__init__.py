@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from modpipe.config import PipelineConfig
-from modpipe.lineage import StepDir, fingerprint
+from modpipe.lineage import StepDir, fingerprint, sha256_file
 from modpipe.models.fingerprint import read_backbone_fingerprint, write_backbone_fingerprint
 from modpipe.pretrain.ds_config import load_ds_config
 from modpipe.pretrain.loop import HF_DIR, STATE_FILE, train_loop_per_worker
@@ -66,10 +66,15 @@ def _read_inputs(curate_out: dict, num_workers: int) -> tuple[dict, list[str], P
     missing = [s for s in shards if not Path(s).is_file()]
     if missing:
         raise FileNotFoundError(f"{manifest_path}: {len(missing)} shard(s) missing, e.g. {missing[0]}")
+    for entry, path in zip(manifest["shards"], shards):
+        if sha256_file(path) != entry["sha256"]:
+            raise ValueError(f"{path}: sha256 does not match {manifest_path}; the shard changed after curation")
     total_rows = manifest.get("total_rows", sum(s["rows"] for s in manifest["shards"]))
     if total_rows < num_workers:
         raise ValueError(f"{manifest_path}: {total_rows} rows cannot feed {num_workers} workers")
     tokenizer = root / manifest["tokenizer"]
+    if manifest.get("tokenizer_sha256") and sha256_file(tokenizer) != manifest["tokenizer_sha256"]:
+        raise ValueError(f"{tokenizer}: sha256 does not match {manifest_path}")
     vocab_size = Tokenizer.from_file(str(tokenizer)).get_vocab_size(with_added_tokens=True)
     return manifest, shards, tokenizer, vocab_size
 

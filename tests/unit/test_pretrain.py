@@ -170,3 +170,15 @@ def test_pretrain_trains_exports_and_reuses(ray_local, tmp_path):
     again = pretrain.run(cfg, curated)
     assert again["backbone"] == out["backbone"] and again["fingerprint"] == out["fingerprint"]
     assert json.loads(Path(again["metrics"]).read_text())["resumed_from_step"] == 6
+
+
+def test_tampered_shard_is_refused_before_training(tmp_path):
+    from modpipe.pretrain import _read_inputs
+
+    out = make_curate_output(tmp_path / "curate", n_shards=1)
+    _read_inputs(out, 1)  # intact: accepted
+    manifest = json.loads(Path(out["manifest"]).read_text())
+    shard = Path(out["manifest"]).parent / manifest["shards"][0]["path"]
+    shard.write_bytes(shard.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="sha256 does not match"):
+        _read_inputs(out, 1)
