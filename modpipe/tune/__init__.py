@@ -156,13 +156,42 @@ def _sweep(cfg: PipelineConfig, job: dict, exp_name: str):
             param_space={"lr": tune.loguniform(t.lr_min, t.lr_max), "r": tune.choice(list(t.ranks))},
             tune_config=tune.TuneConfig(
                 metric=t.metric, mode="max", num_samples=t.num_samples,
-                scheduler=ASHAScheduler(time_attr="epoch", max_t=t.epochs, grace_period=t.grace_period),
+                # max_t one past the last epoch: a trial that trains to the end returns from fit() by itself
+                # instead of being stopped (killed) by the scheduler at its final report.
+                scheduler=ASHAScheduler(time_attr="epoch", max_t=t.epochs + 1, grace_period=t.grace_period),
                 # seeded random search; with a search_alg instance the concurrency cap must be set on it
                 search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=t.max_concurrent_trials),
             ),
             run_config=tune.RunConfig(name=exp_name, storage_path=str(storage), verbose=1),
         )
-    return tuner.fit(), exp_path
+    before = _placement_groups()
+    grid = tuner.fit()
+    _remove_leftover_placement_groups(before)
+    return grid, exp_path
+
+
+def _placement_groups() -> set[str]:
+    import ray
+
+    return set(ray.util.placement_group_table())
+
+
+def _remove_leftover_placement_groups(before: set[str]) -> None:
+    """Free the workers of trials that ASHA stopped mid-fit.
+
+    Stopping a trial kills its driver; the TorchTrainer it was fitting leaves its worker group's placement group
+    behind (Train V2 relies on a cleaner actor that does not always get to it), holding CPUs until the job ends.
+    Once the sweep is over none of its trials runs, so this job's placement groups created during it are removed.
+    """
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    job = ray.get_runtime_context().get_job_id()  # ids of objects a job creates end with its job id
+    for pg_id, info in ray.util.placement_group_table().items():
+        if pg_id in before or not pg_id.endswith(job) or info.get("state") == "REMOVED":
+            continue
+        log.info("tune: removing placement group %s left by a stopped trial", pg_id)
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
 
 
 def _summarise(grid, metric: str) -> list[dict[str, Any]]:
