@@ -34,10 +34,12 @@ def ray_head(tmp_path, free_port):
     try:
         from ray.job_submission import JobSubmissionClient
 
-        end = time.time() + 120
+        # Ready = a job can be submitted: the dashboard answers before its job agent is up
+        # ("No available agent to submit job"), so probe with a trivial job.
+        end = time.time() + 180
         while True:
             try:
-                JobSubmissionClient(address).list_jobs()
+                JobSubmissionClient(address).submit_job(entrypoint="true")
                 break
             except Exception:
                 if time.time() > end or head.poll() is not None:
