@@ -21,13 +21,17 @@ def ray_head(tmp_path, free_port):
     """`ray start --head --block` in its own process group, stopped by killing that group (not `ray stop`,
     which would also kill the test session's own local Ray)."""
     gcs, dash = free_port(), free_port()
+    # The test session's own local Ray already holds the agents' default ports: pick free ones for this head.
+    agent_ports = [f"--{flag}={free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
+        "ray-client-server-port")]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "DS_ACCELERATOR": "cpu"}
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path / "ray-head.log", "w")
     head = subprocess.Popen(
         [BIN / "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-         "--disable-usage-stats"],
+         "--disable-usage-stats", *agent_ports],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
