@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo smoke test test-fast deploy bench clean
+.PHONY: install demo smoke test test-fast deploy bench-install clean
 
 # torch==2.13.0 (CPU) is pinned: pip takes the local CPU wheel; a looser spec would download a CUDA build.
 $(STAMP): pyproject.toml constraints.txt
@@ -31,6 +31,9 @@ test-fast: install
 deploy: install  ## register the Prefect deployments of flows/prefect.yaml (needs PREFECT_API_URL)
 	$(BIN)/prefect work-pool create modpipe-process --type process --overwrite
 	MODPIPE_HOME=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all --prefect-file flows/prefect.yaml
+
+bench-install: install  ## the peers that benchmarks/ measure modpipe against (datatrove + spaCy)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'
 
 clean:
 	rm -rf runs/ .pytest_cache
