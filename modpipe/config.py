@@ -78,7 +78,8 @@ class TaskSpec(_Section):
     name: str
     kind: Literal["man_section", "man_language", "py_package"]
     """man_section: English page -> its section; man_language: translated page -> its language folder;
-    py_package: stdlib docstring -> its top-level package (the fallback corpus)."""
+    py_package: stdlib docstring -> its top-level package (always from the stdlib docstrings, a second source of
+    text beside the manual pages)."""
     max_chars: int = 2000
     """Each example is truncated to this many characters before tokenization."""
 
@@ -87,6 +88,7 @@ class TasksConfig(_Section):
     specs: list[TaskSpec] = [
         TaskSpec(name="man_section", kind="man_section"),
         TaskSpec(name="man_language", kind="man_language"),
+        TaskSpec(name="py_package", kind="py_package"),
     ]
     val_frac: float = 0.1
     test_frac: float = 0.2
@@ -186,7 +188,7 @@ class LoraConfig(_Section):
 class AdaptConfig(_Section):
     """One LoRA module + ``score`` head per task on the frozen backbone; one Ray Train run per task, concurrently."""
 
-    tasks: list[str] = ["man_section", "man_language"]
+    tasks: list[str] = ["man_section", "man_language", "py_package"]
     """Tasks (folders of curate's tasks_dir) to adapt; when none exists there, every task found is adapted."""
     lora: LoraConfig = LoraConfig()
     lr: float = 2e-3

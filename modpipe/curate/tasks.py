@@ -2,16 +2,21 @@
 
 - ``man_section``:  English page -> its section number (classes balanced by corpus.max_docs_per_section);
 - ``man_language``: translated page -> its language folder (labels with >= corpus.min_docs_per_language);
-- ``py_package``:   stdlib docstring -> its top-level package (the fallback corpus).
+- ``py_package``:   stdlib docstring -> its top-level package: a second source of text, always built from
+                    ``harvest.harvest_pydocs`` (a cached step dir of its own) whatever the pretraining corpus,
+                    so the adapt stage shows how the backbone transfers beyond manual pages.
 
 Text = normalize(page)[:spec.max_chars].  Identical texts (``text_key``: whitespace-collapsed, lower-cased)
 are deduplicated first (smallest id kept; a text that carries two labels is dropped), so no example can
 sit in two splits.  Splits are stratified and deterministic: inside each label, examples are ordered by
-their text key and the first ``test_frac`` go to test, the next ``val_frac`` to val, the rest to train.
+the sha256 of their text key (the document hash: no alphabetical bias such as every ``a*`` command landing in
+test) and the first ``test_frac`` go to test, the next ``val_frac`` to val, the rest to train.  Every task's
+val/test rows (id + text key) feed ``decontaminate.from_tasks``, the py_package ones included.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -36,6 +41,11 @@ def _label(kind: str, rec: dict) -> str | None:
     if kind == "py_package":
         return rec.get("package")
     raise ValueError(f"unknown task kind {kind!r}; valid: man_section, man_language, py_package")
+
+
+def doc_hash(key: str) -> str:
+    """The split order of an example: sha256 of its text key."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def _label_order(kind: str, labels: set[str]) -> list[str]:
@@ -89,7 +99,7 @@ def build_task(spec: TaskSpec, records: list[dict], cfg: PipelineConfig) -> Task
         return None
     splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for label_id, label in enumerate(labels):
-        rows = sorted(per_label[label], key=lambda r: r["key"])
+        rows = sorted(per_label[label], key=lambda r: (doc_hash(r["key"]), r["id"]))
         n = len(rows)
         n_test = max(1, round(n * t.test_frac))
         n_val = max(1, round(n * t.val_frac))
@@ -102,16 +112,24 @@ def build_task(spec: TaskSpec, records: list[dict], cfg: PipelineConfig) -> Task
 
 
 def build_tasks(records: list[dict], cfg: PipelineConfig, corpus_kind: str) -> list[Task]:
-    """The configured specs; on the pydocs fallback corpus, a ``py_package`` task instead of the man tasks."""
+    """The configured specs.  Man tasks come from ``records`` (the man harvest); ``py_package`` tasks always come
+    from the stdlib docstrings (``harvest.harvest_pydocs``).  On the pydocs fallback corpus the man tasks cannot
+    be built: a ``py_package`` task is built even when no spec asks for one."""
+    from modpipe.curate import harvest as hv
+
     specs = list(cfg.tasks.specs)
+    py_specs = [s for s in specs if s.kind == "py_package"]
+    man_specs = [s for s in specs if s.kind != "py_package"]
     if corpus_kind == "pydocs":
-        specs = [s for s in specs if s.kind == "py_package"] or [TaskSpec(name="py_package", kind="py_package")]
-        log.warning("tasks: man pages unavailable; building %s from stdlib docstrings", [s.name for s in specs])
+        py_specs = py_specs or [TaskSpec(name="py_package", kind="py_package")]
+        man_specs = []
+        log.warning("tasks: man pages unavailable; building %s from stdlib docstrings", [s.name for s in py_specs])
+        py_records = records
     else:
-        specs = [s for s in specs if s.kind != "py_package"]
+        py_records = hv.read_raw(hv.harvest_pydocs(cfg, reason="py_package task")["raw_dir"]) if py_specs else []
     tasks = []
-    for spec in specs:
-        task = build_task(spec, records, cfg)
+    for spec, source in [(s, records) for s in man_specs] + [(s, py_records) for s in py_specs]:
+        task = build_task(spec, source, cfg)
         if task is not None:
             tasks.append(task)
             log.info("task %s: %d labels, train/val/test = %d/%d/%d", task.name, len(task.labels),

@@ -107,7 +107,7 @@ def test_harvest_and_tasks(run_dir):
         assert Path(r["source"]).is_file() and not Path(r["source"]).is_symlink()
 
     tasks = tk.build_tasks(records, cfg, out["kind"])
-    assert {t.name for t in tasks} == {"man_section", "man_language"}
+    assert {t.name for t in tasks} == {"man_section", "man_language", "py_package"}
     for t in tasks:
         for split in tk.SPLITS:
             assert len({r["label"] for r in t.splits[split]}) >= 2, (t.name, split)
@@ -143,7 +143,7 @@ def test_curate_run_shards_manifest_reuse(run_dir, ray_local):
     manifest = json.loads(Path(out["manifest"]).read_text())
     assert manifest["seq_len"] == 64 and manifest["total_rows"] > 0
     assert manifest["tokenizer_sha256"] == sha256_file(out["tokenizer"])
-    assert set(manifest["tasks"]) == {"man_section", "man_language"}
+    assert set(manifest["tasks"]) == {"man_section", "man_language", "py_package"}
     rows = 0
     for s in manifest["shards"]:
         path = root / s["path"]
