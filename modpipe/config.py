@@ -185,12 +185,82 @@ class LoraConfig(_Section):
     target_modules: list[str] = ["q_proj", "v_proj"]
 
 
+class IA3Config(_Section):
+    """IA3 (PEFT): learned scaling vectors on these projections' activations."""
+
+    target_modules: list[str] = ["k_proj", "v_proj", "down_proj"]
+    feedforward_modules: list[str] = ["down_proj"]
+    """Subset of ``target_modules`` scaled on their input (feed-forward) rather than their output."""
+
+
+class PrefixConfig(_Section):
+    """Prefix tuning (learned key/value prefixes in every block) and prompt tuning (learned input embeddings)."""
+
+    num_virtual_tokens: int = 8
+
+
+class BottleneckConfig(_Section):
+    """Bottleneck adapter (down-project, nonlinearity, up-project, residual) after block sublayers."""
+
+    reduction_factor: int = 16
+    """Bottleneck width = hidden_size // reduction_factor (at least 1)."""
+    placement: Literal["pfeiffer", "houlsby"] = "pfeiffer"
+    """pfeiffer: one adapter after each block's feed-forward; houlsby: after attention and after feed-forward."""
+    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+
+
+class FreezeConfig(_Section):
+    """Which backbone weights train besides the module (method ``full`` trains everything)."""
+
+    policy: Literal["frozen", "top_k", "progressive"] = "frozen"
+    """frozen: backbone fixed; top_k: the top ``top_k`` blocks train too; progressive: one more block (from the
+    top) unfreezes every ``unfreeze_every`` optimizer steps."""
+    top_k: int = 1
+    unfreeze_every: int = 50
+    layer_lr_decay: float = 1.0
+    """Layer-wise learning-rate decay: block i of L trains at ``lr * decay ** (L - i)`` (embeddings one step
+    lower, head and final norm at ``lr``); 1.0 turns it off."""
+    gradient_checkpointing: bool = False
+    """Recompute block activations in the backward pass (less memory, more compute)."""
+
+    @field_validator("top_k", "unfreeze_every")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("layer_lr_decay")
+    @classmethod
+    def _decay(cls, v: float) -> float:
+        if not 0.0 < v <= 1.0:
+            raise ValueError("must be in (0, 1]")
+        return v
+
+
+ModuleMethod = Literal["lora", "ia3", "prefix", "prompt", "bottleneck", "linear_probe", "full"]
+
+
 class AdaptConfig(_Section):
     """One LoRA module + ``score`` head per task on the frozen backbone; one Ray Train run per task, concurrently."""
 
     tasks: list[str] = ["man_section", "man_language", "py_package"]
     """Tasks (folders of curate's tasks_dir) to adapt; when none exists there, every task found is adapted."""
+    method: ModuleMethod = "lora"
+    """Module kind of every task: lora | ia3 (PEFT), prefix | prompt (PEFT), bottleneck (adapter), linear_probe
+    (head only, backbone frozen) | full (every weight trains)."""
+    methods: dict[str, ModuleMethod] = {}
+    """Per-task override of ``method``, e.g. ``{man_language: bottleneck}``."""
+    head: Literal["linear", "mlp"] = "linear"
+    """Task head on the last non-pad token's hidden state: one linear layer, or linear-activation-linear."""
     lora: LoraConfig = LoraConfig()
+    ia3: IA3Config = IA3Config()
+    prefix: PrefixConfig = PrefixConfig()
+    """Used by methods prefix and prompt."""
+    bottleneck: BottleneckConfig = BottleneckConfig()
+    freeze: FreezeConfig = FreezeConfig()
+    train_fraction: float = 1.0
+    """Seeded, label-stratified share of the train split used (at least one row per label)."""
     lr: float = 2e-3
     """AdamW learning rate of the LoRA matrices and the head."""
     weight_decay: float = 0.0
@@ -204,9 +274,27 @@ class AdaptConfig(_Section):
     num_workers_per_task: int = 1
     """Ray Train workers per task (DDP when > 1)."""
     cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    """Fractional GPUs per trainer worker (with ``use_gpu``; 0 there means one whole GPU)."""
     use_gpu: bool = False
     max_failures: int = 1
     """Worker-group restarts per task (each resumes from the task's latest epoch checkpoint)."""
+    task_retries: int = 1
+    """Times a failed task is trained again (after the others were started) before it is reported failed."""
+
+    @field_validator("train_fraction")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0.0 < v <= 1.0:
+            raise ValueError("must be in (0, 1]")
+        return v
+
+    @field_validator("cpus_per_worker", "gpus_per_worker", "task_retries")
+    @classmethod
+    def _non_negative(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
 
     @field_validator("epochs", "batch_size", "max_length", "num_workers_per_task")
     @classmethod
