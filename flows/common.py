@@ -44,11 +44,28 @@ def stats_table(cfg: PipelineConfig, stats_path: str | None, what: str) -> None:
     create_table_artifact(table=rows, key=artifact_key(cfg, what), description=f"{what} ({stats_path})")
 
 
-def link(cfg: PipelineConfig, path: str | None, what: str) -> None:
+def link(cfg: PipelineConfig, path: str | None, what: str, description: str | None = None) -> None:
     if path:
         create_link_artifact(
             link=Path(path).resolve().as_uri(), link_text=what, key=artifact_key(cfg, what),
+            description=description,
         )
+
+
+def contract_artifacts(cfg: PipelineConfig, data_docs: str | None, results: str | None) -> None:
+    """Link to the Data Docs index + a table of the expectations that failed (errors and warnings)."""
+    from modpipe.contracts import describe
+
+    record = json.loads(Path(results).read_text()) if results and Path(results).is_file() else {}
+    counts = record.get("counts") or {}
+    link(cfg, data_docs, "data-docs", f"Data Docs: {counts.get('datasets', '?')} dataset(s), "
+                                      f"{counts.get('errors', '?')} error(s), {counts.get('warnings', '?')} warning(s)")
+    rows = [{"severity": "error" if f in d["errors"] else "warning", "suite": d["suite"], "data": d["data"],
+             "expectation": describe(f)}
+            for d in record.get("datasets", []) for f in d["errors"] + d["warnings"]]
+    if rows:
+        create_table_artifact(table=rows, key=artifact_key(cfg, "contract-failures"),
+                              description=f"failed expectations ({results})")
 
 
 def upstream(cfg: PipelineConfig, backbone: str | None, tasks_dir: str | None) -> tuple[str, str]:

@@ -113,12 +113,38 @@ class ContractsConfig(_Section):
     enabled: bool = True
     max_rows: int = 20_000
     """Rows validated per dataset; larger datasets are sampled (seeded by ``seed``)."""
+    # Bounds the bundled suites read as $PARAMETER contracts_<field>; each suite sets the severity.
+    max_duplicate_rate: float = 0.01
+    """Curated docs and task splits: share of rows whose normalised text repeats another row's."""
+    raw_max_duplicate_rate: float = 0.3
+    """Raw corpus (before dedup): the same, reported as a warning."""
+    min_top_language_share: float = 0.1
+    """Share of the most frequent language (raw: harvest ``language`` column; docs: py3langid)."""
+    max_languages: int = 40
+    """Distinct languages a corpus may hold before it is reported."""
+    min_doc_tokens: int = 16
+    max_doc_tokens: int = 200_000
+    """Tokens per curated document under the curate tokenizer."""
+    min_example_tokens: int = 4
+    max_example_tokens: int = 4096
+    """Tokens per task example under the curate tokenizer."""
+    min_label_share: float = 0.005
+    max_label_share: float = 0.8
+    """Share of a split's rows that carry one label (class balance bounds)."""
 
-    @field_validator("max_rows")
+    @field_validator("max_rows", "max_languages", "min_doc_tokens", "max_doc_tokens", "max_example_tokens")
     @classmethod
     def _rows(cls, v: int) -> int:
         if v < 1:
             raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("max_duplicate_rate", "raw_max_duplicate_rate", "min_top_language_share", "min_label_share",
+                     "max_label_share")
+    @classmethod
+    def _share(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError("must be in [0, 1]")
         return v
 
 

@@ -7,11 +7,14 @@ Datasets and their suites (files in ``cfg.contracts.suites_dir``):
 ================  =====================================  ==========================================
 suite             data                                   read by
 ================  =====================================  ==========================================
-raw_corpus        ``curate_out["raw_dir"]/**/*.jsonl``     ``datasets.read_raw``
-curated_docs      ``curate_out["docs_dir"]/*.parquet``     ``datasets.read_docs``
+raw_corpus        ``curate_out["raw_dir"]/**/*.jsonl``     ``datasets.read_raw`` (+ text columns)
+curated_docs      ``curate_out["docs_dir"]/*.parquet``     ``datasets.read_docs`` (+ text columns)
 curated_shards    shards listed in ``manifest.json``       ``datasets.read_shards`` (+ token columns)
-task_dataset      ``tasks_dir/<task>/{train,val,test}``    ``datasets.read_task`` (+ overlap, labels)
+task_dataset      ``tasks_dir/<task>/{train,val,test}``    ``datasets.read_task`` (+ overlap, labels, tokens)
 ================  =====================================  ==========================================
+
+Text columns (``derive.py``): text hash (duplicate rate), language and its share, token counts under the run's
+tokenizer (``curate_out["tokenizer"]``).  Any other dataset: ``validate_path`` / ``python -m modpipe.contracts``.
 
 Everything validates first, Data Docs are rebuilt, a results JSON is written under ``<run_dir>/contracts``; then,
 if any error-severity expectation failed, ``ContractViolation`` is raised naming suite, expectation, column, data
@@ -38,7 +41,8 @@ from modpipe.lineage import fingerprint, sha256_file
 
 log = logging.getLogger("modpipe.contracts")
 
-__all__ = ["ContractViolation", "SuiteError", "run", "validate_dataframe", "load_suite_spec"]
+__all__ = ["ContractViolation", "SuiteError", "run", "validate_dataframe", "validate_path", "load_suite_spec",
+           "describe"]
 
 
 class ContractViolation(RuntimeError):
@@ -51,8 +55,11 @@ class ContractViolation(RuntimeError):
         self.data_docs = data_docs
         self.results = results
 
+    def __reduce__(self):  # keep the detail when a task runner (Prefect, Ray) ships the exception elsewhere
+        return (type(self), (str(self), self.failures, self.data_docs, self.results))
 
-def _describe(f: dict[str, Any]) -> str:
+
+def describe(f: dict[str, Any]) -> str:
     """``expect_x(column=c): 3 of 40 unexpected, e.g. [..]`` or ``...: observed 1``."""
     col = f"column={f['column']}" if f.get("column") else ""
     obs = f.get("observed") or {}
@@ -73,7 +80,7 @@ def _describe(f: dict[str, Any]) -> str:
 def _violation_message(failed: list[dict[str, Any]], data_docs: str | None) -> str:
     lines = [f"data contract failed ({len(failed)} error-severity expectation(s)):"]
     for f in failed:
-        lines.append(f"  suite {f['suite']!r} on {f['data']} ({f['data_path']}): {_describe(f)}")
+        lines.append(f"  suite {f['suite']!r} on {f['data']} ({f['data_path']}): {describe(f)}")
     if data_docs:
         lines.append(f"Data Docs: {data_docs}")
     return "\n".join(lines)
@@ -119,7 +126,7 @@ def validate_dataframe(df: pd.DataFrame, suite_name_or_path: str | Path, data_na
              spec["name"], "ok" if summary["success"] else "FAILED", len(summary["errors"]),
              len(summary["warnings"]), len(df), time.perf_counter() - t0)
     for w in summary["warnings"]:
-        log.warning("contracts: warning on %s: %s", data_name, _describe(w))
+        log.warning("contracts: warning on %s: %s", data_name, describe(w))
     if build_docs:
         summary["data_docs"] = runner.build_docs()
     if raise_on_error and summary["errors"]:
@@ -138,20 +145,28 @@ def _inputs(curate_out: dict[str, Any]) -> dict[str, Path | None]:
         return base / default if base is not None and default else None
 
     return {"raw_dir": pick("raw_dir", None), "docs_dir": pick("docs_dir", "docs"),
-            "manifest": pick("manifest", "manifest.json"), "tasks_dir": pick("tasks_dir", "tasks")}
+            "manifest": pick("manifest", "manifest.json"), "tasks_dir": pick("tasks_dir", "tasks"),
+            "tokenizer": pick("tokenizer", "tokenizer/tokenizer.json")}
 
 
 def _load_datasets(paths: dict[str, Path | None], max_rows: int, seed: int) -> list[Dataset]:
+    from modpipe.contracts.derive import load_tokenizer
+
+    tok = load_tokenizer(paths["tokenizer"])
     out: list[Dataset] = []
     if paths["raw_dir"] is not None and paths["raw_dir"].is_dir():
-        out.append(read_raw(paths["raw_dir"], max_rows, seed))
+        out.append(read_raw(paths["raw_dir"], max_rows, seed))  # raw pages: not tokenized (cost, pre-cleaning)
     if paths["docs_dir"] is not None and paths["docs_dir"].is_dir():
-        out.append(read_docs(paths["docs_dir"], max_rows, seed))
+        out.append(read_docs(paths["docs_dir"], max_rows, seed, tok))
     if paths["manifest"] is not None and paths["manifest"].is_file():
         out.append(read_shards(paths["manifest"], max_rows, seed))
     if paths["tasks_dir"] is not None and paths["tasks_dir"].is_dir():
         for task_dir in sorted(p for p in paths["tasks_dir"].iterdir() if p.is_dir()):
-            out.extend(read_task(task_dir, max_rows, seed))
+            out.extend(read_task(task_dir, max_rows, seed, tok))
+    if tok is None:
+        for ds in out:
+            if ds.suite in ("curated_docs", "task_dataset"):
+                ds.notes.append(f"no tokenizer at {paths['tokenizer']}: n_tokens not derived")
     return out
 
 
@@ -174,6 +189,7 @@ def run(cfg: PipelineConfig, curate_out: dict[str, Any]) -> dict[str, str]:
         manifest_digest = json.loads(paths["manifest"].read_text()).get("digest")
     fp = fingerprint({
         "inputs": {k: str(v) if v else None for k, v in paths.items()}, "manifest": manifest_digest,
+        "tokenizer": sha256_file(paths["tokenizer"]) if paths["tokenizer"] and paths["tokenizer"].is_file() else None,
         "suites": {n: sha256_file(s["path"]) for n, s in specs.items()},
         "params": {n: params[n] for n in used}, "max_rows": cfg.contracts.max_rows, "seed": cfg.seed,
     })
@@ -182,7 +198,7 @@ def run(cfg: PipelineConfig, curate_out: dict[str, Any]) -> dict[str, str]:
         prev = json.loads(results_path.read_text())
         if prev.get("success") and Path(prev.get("data_docs", "")).is_file():
             log.info("contracts: inputs unchanged and passed before; reusing %s", results_path)
-            return {"data_docs": prev["data_docs"], "results": str(results_path)}
+            return _outcome(prev, results_path)
 
     t0 = time.perf_counter()
     datasets = _load_datasets(paths, cfg.contracts.max_rows, cfg.seed)
@@ -211,4 +227,30 @@ def run(cfg: PipelineConfig, curate_out: dict[str, Any]) -> dict[str, str]:
              record["counts"]["warnings"], data_docs)
     if errors:
         raise ContractViolation(_violation_message(errors, data_docs), errors, data_docs, str(results_path))
-    return {"data_docs": data_docs, "results": str(results_path)}
+    return _outcome(record, results_path)
+
+
+def _outcome(record: dict[str, Any], results_path: Path) -> dict[str, Any]:
+    """What a caller (flow, report) needs: Data Docs, the results file and the warnings, one line each."""
+    warnings = [f"{d['suite']} on {d['data']}: {describe(w)}" for d in record["datasets"] for w in d["warnings"]]
+    return {"data_docs": record["data_docs"], "results": str(results_path), "warnings": warnings}
+
+
+def validate_path(path: str | Path, suite_name_or_path: str | Path, cfg: PipelineConfig, *,
+                  tokenizer: str | Path | None = None, data_name: str | None = None,
+                  raise_on_error: bool = True) -> dict[str, Any]:
+    """Validate a user's dataset file or folder (Parquet, JSONL[.gz], CSV) against a suite.
+
+    Rows beyond ``cfg.contracts.max_rows`` are sampled; with a ``text`` column the text columns of
+    ``derive.py`` are added (``n_tokens`` only with ``tokenizer``), so a suite can bound duplicate rate,
+    language mix and token counts; with a ``label`` column, ``label_share``.  See ``validate_dataframe``.
+    """
+    from modpipe.contracts.datasets import read_table
+    from modpipe.contracts.derive import add_label_columns, add_text_columns, load_tokenizer
+
+    df, rows_total = read_table(path, cfg.contracts.max_rows, cfg.seed)
+    if "label" in df.columns:
+        df = add_label_columns(df, None).drop(columns=["label_matches_id"])
+    df = add_text_columns(df, tokenizer=load_tokenizer(tokenizer))
+    return validate_dataframe(df, suite_name_or_path, data_name or Path(path).stem, cfg, data_path=str(path),
+                              raise_on_error=raise_on_error, rows_total=rows_total)

@@ -2,18 +2,19 @@
 
 Derived columns exist because GX checks columns, not nested lists or relations between files:
 
+- raw_corpus, curated_docs, task_dataset: ``text_hash``, ``n_chars``, ``language``, ``language_share`` and
+  (with the run's tokenizer) ``n_tokens`` -- see ``derive.py``;
 - curated_shards: ``n_tokens``, ``min_token_id``, ``max_token_id`` per row of ``input_ids``;
 - task_dataset:   ``in_other_split`` (the row's id or normalised-text hash occurs in another split of the same
-  task) and ``label_matches_id`` (``labels.json[label_id] == label``).
+  task), ``label_matches_id`` (``labels.json[label_id] == label``) and ``label_share``.
 
-Uniqueness and overlap are judged on what is read: at most ``max_rows`` rows per dataset, a seeded sample
-beyond that (overlap is always computed against the full other splits).
+Uniqueness, duplicate rate and language mix are judged on what is read: at most ``max_rows`` rows per dataset,
+a seeded sample beyond that.  Overlap and label shares are always computed on the full splits.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from modpipe.contracts.derive import add_label_columns, add_text_columns, plain_dtypes, text_hash
 
 log = logging.getLogger("modpipe.contracts")
 
@@ -41,16 +44,20 @@ class Dataset:
 
 
 def _sample(df: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
-    if len(df) <= max_rows:
-        return df.reset_index(drop=True)
-    return df.sample(n=max_rows, random_state=seed).sort_index().reset_index(drop=True)
+    if len(df) > max_rows:
+        df = df.sample(n=max_rows, random_state=seed).sort_index()
+    return plain_dtypes(df.reset_index(drop=True))
 
 
 def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
 
 
-def read_raw(raw_dir: str | Path, max_rows: int, seed: int) -> Dataset:
+RAW_COLUMNS = ("id", "text", "source", "language")
+"""Read from each raw record; ``language`` is the harvest's folder language (None for user files: detected)."""
+
+
+def read_raw(raw_dir: str | Path, max_rows: int, seed: int, tokenizer=None) -> Dataset:
     """All ``*.jsonl[.gz]`` under ``raw_dir`` as one dataset (id uniqueness spans files)."""
     root = Path(raw_dir)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz")))
@@ -66,18 +73,19 @@ def read_raw(raw_dir: str | Path, max_rows: int, seed: int) -> Dataset:
                     bad += 1
                     continue
                 if isinstance(rec, dict):
-                    rows.append({"id": rec.get("id"), "text": rec.get("text"), "source": rec.get("source")})
+                    rows.append({k: rec.get(k) for k in RAW_COLUMNS})
                 else:
                     bad += 1
-    df = pd.DataFrame(rows, columns=["id", "text", "source"])
-    ds = Dataset("raw_corpus", "raw_corpus", str(root), _sample(df, max_rows, seed), len(df))
+    df = pd.DataFrame(rows, columns=list(RAW_COLUMNS))
+    df = add_text_columns(_sample(df, max_rows, seed), tokenizer=tokenizer)
+    ds = Dataset("raw_corpus", "raw_corpus", str(root), df, len(rows))
     if bad:
         ds.notes.append(f"{bad} line(s) are not JSON objects (not validated)")
     log.info("contracts: raw corpus %s: %d records in %d file(s)", root, len(df), len(files))
     return ds
 
 
-def read_docs(docs_dir: str | Path, max_rows: int, seed: int) -> Dataset:
+def read_docs(docs_dir: str | Path, max_rows: int, seed: int, tokenizer=None) -> Dataset:
     import pyarrow.parquet as pq
 
     root = Path(docs_dir)
@@ -89,7 +97,8 @@ def read_docs(docs_dir: str | Path, max_rows: int, seed: int) -> Dataset:
         tables.append(pq.read_table(f, columns=[c for c in wanted if c in schema.names]).to_pandas())
     df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=wanted)
     log.info("contracts: curated docs %s: %d rows in %d file(s)", root, len(df), len(files))
-    return Dataset("curated_docs", "curated_docs", str(root), _sample(df, max_rows, seed), len(df))
+    sample = add_text_columns(_sample(df, max_rows, seed), tokenizer=tokenizer)
+    return Dataset("curated_docs", "curated_docs", str(root), sample, len(df))
 
 
 def _token_columns(table) -> pd.DataFrame:
@@ -149,15 +158,8 @@ def read_shards(manifest_path: str | Path, max_rows: int, seed: int) -> Dataset:
     return ds
 
 
-def text_hash(text: object) -> str | None:
-    """sha256 of whitespace-normalised, lower-cased text (what counts as 'the same example' across splits)."""
-    if not isinstance(text, str):
-        return None
-    return hashlib.sha256(" ".join(text.split()).lower().encode("utf-8")).hexdigest()
-
-
-def read_task(task_dir: str | Path, max_rows: int, seed: int) -> list[Dataset]:
-    """One dataset per split of a task, with in_other_split and label_matches_id derived across files."""
+def read_task(task_dir: str | Path, max_rows: int, seed: int, tokenizer=None) -> list[Dataset]:
+    """One dataset per split of a task, with in_other_split, label_matches_id, label_share and text columns."""
     root = Path(task_dir)
     labels_path = root / "labels.json"
     labels = json.loads(labels_path.read_text()) if labels_path.is_file() else None
@@ -173,15 +175,10 @@ def read_task(task_dir: str | Path, max_rows: int, seed: int) -> list[Dataset]:
         ids = df["id"].astype(str) if "id" in df else pd.Series([""] * len(df))
         hashes = df["text"].map(text_hash) if "text" in df else pd.Series([None] * len(df))
         df["in_other_split"] = (ids.isin(other_ids) | hashes.isin(other_hashes)).astype(bool).to_numpy()
-        if labels is not None and {"label", "label_id"} <= set(df.columns):
-            df["label_matches_id"] = [
-                isinstance(i, (int, np.integer)) and 0 <= i < len(labels) and labels[i] == lab
-                for i, lab in zip(df["label_id"].tolist(), df["label"].tolist())
-            ]
-        else:
-            df["label_matches_id"] = False
-        ds = Dataset("task_dataset", f"tasks/{root.name}/{split}", str(root / f"{split}.parquet"),
-                     _sample(df, max_rows, seed), len(df))
+        df = add_label_columns(df, labels)
+        # language: a task's texts may be any language (man_language is about them), so only hash and tokens
+        sample = add_text_columns(_sample(df, max_rows, seed), tokenizer=tokenizer, language=False)
+        ds = Dataset("task_dataset", f"tasks/{root.name}/{split}", str(root / f"{split}.parquet"), sample, len(df))
         if labels is None:
             ds.notes.append(f"{labels_path} is missing: label_matches_id is False")
         out.append(ds)
@@ -189,3 +186,28 @@ def read_task(task_dir: str | Path, max_rows: int, seed: int) -> list[Dataset]:
     if missing:
         log.warning("contracts: task %s lacks split(s) %s", root.name, missing)
     return out
+
+
+TABLE_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".csv")
+
+
+def read_table(path: str | Path, max_rows: int, seed: int) -> tuple[pd.DataFrame, int]:
+    """A user's dataset: one file or a folder of ``*.parquet`` / ``*.jsonl[.gz]`` / ``*.csv`` -> (sample, rows)."""
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(TABLE_SUFFIXES)) \
+        if root.is_dir() else [root]
+    if not files:
+        raise FileNotFoundError(f"{root}: no {', '.join(TABLE_SUFFIXES)} files")
+    frames = []
+    for f in files:
+        if f.name.endswith(".parquet"):
+            frames.append(pd.read_parquet(f))
+        elif f.name.endswith((".jsonl", ".jsonl.gz")):
+            frames.append(pd.read_json(f, lines=True, dtype=False))
+        elif f.name.endswith(".csv"):
+            frames.append(pd.read_csv(f))
+        else:
+            raise ValueError(f"{f}: unsupported file type; use one of {', '.join(TABLE_SUFFIXES)}")
+    df = pd.concat(frames, ignore_index=True)
+    log.info("contracts: %s: %d rows in %d file(s)", root, len(df), len(files))
+    return _sample(df, max_rows, seed), len(df)

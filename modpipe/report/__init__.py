@@ -57,6 +57,9 @@ def write_run_report(summary: dict[str, Any], out_path: str | Path) -> str:
     dd = curate.get("data_docs") or (summary.get("contracts") or {}).get("data_docs")
     if dd:
         sections.append(f'<h2>Data contracts</h2><p><a href="{Path(dd).resolve().as_uri()}">Data Docs</a></p>')
+    warnings = curate.get("contract_warnings") or (summary.get("contracts") or {}).get("warnings") or []
+    if warnings:
+        sections.append(_table([{"warning": w} for w in warnings], "Data contract warnings"))
     pm = _read_json((summary.get("pretrain") or {}).get("metrics")) or {}
     sections.append(_table([{k: v for k, v in pm.items() if not isinstance(v, (list, dict))}], "Pretraining"))
     mod_rows = []

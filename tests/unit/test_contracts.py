@@ -17,6 +17,19 @@ SEQ_LEN, VOCAB = 8, 50
 LABELS = ["alpha", "beta"]
 
 
+def _tokenizer(path: Path) -> str:
+    """A word-level tokenizers JSON over the fixture's words (one token per whitespace-separated word)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["document page example number with words train val test x"],
+                            trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return str(path)
+
+
 def _cfg(tmp_path: Path, *extra: str):
     return load_config(overrides=[
         f"run_dir={tmp_path / 'run'}", f"curate.seq_len={SEQ_LEN}", f"curate.vocab_size={VOCAB}",
@@ -48,10 +61,10 @@ def curated(tmp_path: Path) -> dict:
     with open(raw / "man1.jsonl", "w") as f:
         for i in range(12):
             f.write(json.dumps({"id": f"man1/page{i}", "text": f"page {i} " * 20, "source": "man",
-                                "section": "1", "language": "en"}) + "\n")
+                                "section": "1", "language": "en" if i < 9 else "de"}) + "\n")
     cur = tmp_path / "curate"
     (cur / "docs").mkdir(parents=True)
-    texts = [f"document {i} " * 5 for i in range(10)]
+    texts = [f"document {i} " * 10 for i in range(10)]
     pd.DataFrame({"id": [f"d{i}" for i in range(10)], "text": texts, "source": "man",
                   "n_chars": [len(t) for t in texts], "n_words": [len(t.split()) for t in texts]}
                  ).to_parquet(cur / "docs" / "docs-00000.parquet")
@@ -66,7 +79,8 @@ def curated(tmp_path: Path) -> dict:
                 "total_tokens": 40 * SEQ_LEN, "digest": "d" * 64, "tasks": {"toy": {"labels": LABELS}}}
     (cur / "manifest.json").write_text(json.dumps(manifest))
     return {"curate_dir": str(cur), "manifest": str(cur / "manifest.json"), "tasks_dir": str(cur / "tasks"),
-            "raw_dir": str(raw), "docs_dir": str(cur / "docs")}
+            "raw_dir": str(raw), "docs_dir": str(cur / "docs"),
+            "tokenizer": _tokenizer(cur / "tokenizer" / "tokenizer.json")}
 
 
 def test_good_output_passes_and_builds_data_docs(tmp_path, curated):
@@ -91,6 +105,18 @@ def test_good_output_passes_and_builds_data_docs(tmp_path, curated):
     labels = next(e for e in by_data["tasks/toy/train"]["expectations"]
                   if e["type"] == "expect_column_unique_value_count_to_be_between")
     assert labels["observed"]["observed_value"] == 2
+
+    def observed(data: str, typ: str, column: str):
+        e = next(e for e in by_data[data]["expectations"] if e["type"] == typ and e["column"] == column)
+        return e["observed"].get("observed_value", e["observed"].get("unexpected_count"))
+
+    # derived columns: duplicate rate, language mix, token counts, class balance
+    assert observed("raw_corpus", "expect_column_unique_value_count_to_be_between", "language") == 2
+    assert observed("raw_corpus", "expect_column_max_to_be_between", "language_share") == pytest.approx(9 / 12)
+    assert observed("curated_docs", "expect_column_proportion_of_unique_values_to_be_between", "text_hash") == 1.0
+    assert observed("curated_docs", "expect_column_values_to_be_between", "n_tokens") == 0
+    assert observed("tasks/toy/train", "expect_column_min_to_be_between", "label_share") == 0.5
+    assert observed("tasks/toy/test", "expect_column_values_to_be_between", "n_tokens") == 0
     # same inputs, passed before: reused without revalidating
     again = run(cfg, curated)
     assert again == out
@@ -169,3 +195,127 @@ def test_unknown_parameter_is_refused(tmp_path):
     ]}))
     with pytest.raises(SuiteError, match="seq_len"):
         validate_dataframe(pd.DataFrame({"n": [1]}), suite, "d", _cfg(tmp_path))
+
+
+def _set_train_labels(curated: dict, alpha_share: float) -> None:
+    """Relabel the toy train split so that ``alpha_share`` of it is 'alpha' (label_id kept consistent)."""
+    path = Path(curated["tasks_dir"]) / "toy" / "train.parquet"
+    df = pd.read_parquet(path)
+    n_alpha = round(alpha_share * len(df))
+    df["label_id"] = pd.Series([0] * n_alpha + [1] * (len(df) - n_alpha), dtype="int64")
+    df["label"] = [LABELS[i] for i in df["label_id"]]
+    df.to_parquet(path)
+
+
+def test_warning_is_reported_and_does_not_stop(tmp_path, curated):
+    _set_train_labels(curated, 0.9)  # above contracts.max_label_share=0.8: a warning-severity expectation
+    out = run(_cfg(tmp_path), curated)
+    assert len(out["warnings"]) == 1
+    assert "task_dataset on tasks/toy/train" in out["warnings"][0] and "label_share" in out["warnings"][0]
+    res = json.loads(Path(out["results"]).read_text())
+    assert res["success"] is True and res["counts"] == {"datasets": 6, "failed": 0, "errors": 0, "warnings": 1}
+    train = next(d for d in res["datasets"] if d["data"] == "tasks/toy/train")
+    assert [(w["column"], w["severity"]) for w in train["warnings"]] == [("label_share", "warning")]
+    assert train["warnings"][0]["observed"]["observed_value"] == pytest.approx(0.9)
+    # the Data Docs page of that validation shows the failed expectation
+    pages = [p for p in Path(out["data_docs"]).parent.rglob("*.html") if "tasks__toy__train" in str(p)]
+    assert pages and any("label_share" in p.read_text() for p in pages)
+
+
+def test_error_bounds_from_config_stop(tmp_path, curated):
+    """Class balance, duplicate rate and token counts: bounds come from contracts.* and stop at error severity."""
+    _set_train_labels(curated, 0.9)
+    docs = Path(curated["docs_dir"]) / "docs-00000.parquet"
+    df = pd.read_parquet(docs)
+    df.loc[1, "text"] = "  " + df.loc[0, "text"].upper()  # another id, the same text modulo case and spaces
+    df.to_parquet(docs)
+    with pytest.raises(ContractViolation) as err:
+        run(_cfg(tmp_path, "contracts.min_label_share=0.2", "contracts.min_doc_tokens=21"), curated)
+    failed = {(f["data"], f["type"], f["column"]) for f in err.value.failures}
+    assert failed == {
+        ("tasks/toy/train", "expect_column_min_to_be_between", "label_share"),
+        ("curated_docs", "expect_column_proportion_of_unique_values_to_be_between", "text_hash"),
+        ("curated_docs", "expect_column_values_to_be_between", "n_tokens"),  # 20 tokens per doc < 21
+    }
+    assert "observed 0.9" in str(err.value) or "observed 0.1" in str(err.value)
+    # the exception survives pickling (task runners ship it between processes)
+    import pickle
+
+    again = pickle.loads(pickle.dumps(err.value))
+    assert again.failures == err.value.failures and again.data_docs == err.value.data_docs
+
+
+def test_missing_column_fails_schema(tmp_path):
+    df = pd.DataFrame({"id": ["a", "b"], "text": ["one text here", "another one"], "label_id": [0, 1]})
+    with pytest.raises(ContractViolation, match=r"expect_table_columns_to_match_set"):
+        validate_dataframe(df, "task_dataset", "tasks/x/train", _cfg(tmp_path), data_path="x.parquet")
+
+
+def test_cli_validates_a_users_dataset(tmp_path, capsys):
+    """python -m modpipe.contracts on a user's JSONL with the user's own suite: warning -> 0, error -> 1."""
+    from modpipe.contracts.__main__ import main
+
+    data = tmp_path / "reviews.jsonl"
+    rows = [{"id": f"r{i}", "text": f"review number {i} is fine", "label": "pos" if i % 4 else "neg"}
+            for i in range(20)]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    suite = tmp_path / "reviews.json"
+    suite.write_text(json.dumps({"name": "reviews", "expectations": [
+        {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "id"}},
+        {"type": "expect_column_proportion_of_unique_values_to_be_between",
+         "kwargs": {"column": "text_hash", "min_value": {"$PARAMETER": "1 - contracts_max_duplicate_rate"}}},
+        {"type": "expect_column_min_to_be_between",
+         "kwargs": {"column": "label_share", "min_value": {"$PARAMETER": "contracts_min_label_share"}},
+         "meta": {"severity": "warning"}},
+    ]}))
+    base = [str(data), "--suite", str(suite), "-s", f"run_dir={tmp_path / 'run'}"]
+    assert main(base + ["-s", "contracts.min_label_share=0.3"]) == 0  # neg is 25%: warning only
+    out = capsys.readouterr().out
+    assert "warning: expect_column_min_to_be_between(column=label_share)" in out and "ok: 20 of 20 rows" in out
+    assert main(base + ["-s", "contracts.min_label_share=0.3", "-s", "contracts.max_duplicate_rate=0"]) == 0
+    with open(data, "a") as f:
+        f.write("\n" + json.dumps({**rows[0], "id": "r-copy"}))
+    assert main(base) == 1
+    assert "text_hash" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """A real temporary Prefect server (SQLite) for the flow tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _artifact(key: str):
+    from prefect.artifacts import Artifact
+
+    return Artifact.get(key, _sync=True)
+
+
+def test_contracts_flow_artifacts_warning_passes_error_stops(prefect_api, tmp_path, curated):
+    """The flow publishes a Data Docs link and a failed-expectation table; an error fails the flow, a warning not."""
+    from flows.common import artifact_key
+    from flows.curate import contracts_flow
+
+    _set_train_labels(curated, 0.9)
+    ok_run = [f"run_dir={tmp_path / 'ok'}", f"curate.seq_len={SEQ_LEN}", f"curate.vocab_size={VOCAB}",
+              "curate.min_chars=10", "curate.max_chars=1000"]
+    checked = contracts_flow(curated, None, ok_run)
+    assert Path(checked["data_docs"]).is_file() and len(checked["warnings"]) == 1
+    cfg = load_config(overrides=ok_run)
+    link = _artifact(artifact_key(cfg, "data-docs"))
+    assert link.type == "markdown"  # Prefect stores a link artifact as markdown [text](uri)
+    assert Path(checked["data_docs"]).resolve().as_uri() in link.data and "1 warning(s)" in link.description
+    table = _artifact(artifact_key(cfg, "contract-failures"))
+    rows = json.loads(table.data)
+    assert [(r["severity"], r["data"]) for r in rows] == [("warning", "tasks/toy/train")]
+
+    bad_run = [*ok_run[1:], f"run_dir={tmp_path / 'bad'}", "contracts.min_label_share=0.2"]
+    with pytest.raises(ContractViolation, match="label_share"):
+        contracts_flow(curated, None, bad_run)
+    cfg = load_config(overrides=bad_run)
+    assert "1 error(s)" in _artifact(artifact_key(cfg, "data-docs")).description
+    rows = json.loads(_artifact(artifact_key(cfg, "contract-failures")).data)
+    assert {r["severity"] for r in rows} == {"error", "warning"}
