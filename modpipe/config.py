@@ -46,9 +46,15 @@ class CorpusConfig(_Section):
     min_pages: int = 50
     """A man harvest with fewer pages (or a missing man_root) falls back to Python stdlib docstrings."""
     paths: list[str] = []
-    """For source=files: files or folders of .jsonl / .jsonl.gz / .txt files."""
+    """For source=files: files or folders (local paths or fsspec URLs such as ``file://``, ``memory://``,
+    ``s3://``) of .jsonl / .jsonl.gz / .jsonl.zst / .parquet (one record a line/row) and .txt (one record a
+    file) files."""
     text_field: str = "text"
     id_field: str | None = "id"
+    """Field/column holding the document id; records without one get a stable hash of (path relative to the
+    configured root, line/row)."""
+    max_record_bytes: int = 8_000_000
+    """A longer line / text / row is quarantined (``record_too_large``) without being held in memory."""
 
 
 class CurateConfig(_Section):
@@ -62,7 +68,14 @@ class CurateConfig(_Section):
     seq_len: int = 128
     rows_per_shard: int = 4096
     parallelism: int = 2
-    """Ray Data read/map parallelism (blocks)."""
+    """Ray Data workers (concurrent tasks) of every per-shard pass: read+normalize, filter, encode+pack."""
+    normalize: list[str] = ["troff", "nfc", "control_chars", "whitespace"]
+    """Normalisation steps by name, in order (``curate.normalize`` module): troff (markup stripping, records marked
+    ``markup: troff`` only), nfc, control_chars, whitespace.  Leave one out to turn it off."""
+    rows_per_row_group: int = 1024
+    """Rows per Parquet row group of the token shards (the unit a reader fetches)."""
+    encode_batch_size: int = 512
+    """Documents per ``tokenizers`` ``encode_batch`` call."""
     symbols: list[str] = ["#", "...", "\u2026"]
     """Symbols counted by the symbol/word-ratio filter (Gopher: hash and ellipsis)."""
     decontaminate_splits: list[str] = ["val", "test"]
@@ -71,7 +84,22 @@ class CurateConfig(_Section):
     tokenizer_min_frequency: int = 2
     """BPE merges need at least this many occurrences."""
     docs_per_file: int = 1000
-    """Rows per docs/*.parquet and per raw JSONL part."""
+    """Records per raw JSONL part: one part is one shard of curation (docs/, quarantine and token shards are
+    written, and resumed, part by part)."""
+
+    @field_validator("normalize")
+    @classmethod
+    def _normalize_steps(cls, v: list[str]) -> list[str]:
+        from modpipe.curate.normalize import check_steps
+
+        return check_steps(v)
+
+    @field_validator("parallelism", "rows_per_row_group", "encode_batch_size", "docs_per_file", "rows_per_shard")
+    @classmethod
+    def _at_least_one(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
 
 
 class TaskSpec(_Section):

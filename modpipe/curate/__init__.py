@@ -1,68 +1,47 @@
 """Curate stage: raw text -> curated docs, task splits, a BPE tokenizer and packed token shards.
 
 ``run(cfg) -> {"curate_dir", "manifest", "tokenizer", "tasks_dir", "raw_dir", "docs_dir", "quarantine",
-"stats", "harvest_dir"}`` (paths).  Steps, top to bottom:
+"stats", "harvest_dir"}`` (paths).  Top to bottom:
 
-1. raw text    ``harvest.harvest_man`` (man pages, Python-docs fallback) or, for ``corpus.source=files``,
-               ``harvest.ingest_files`` (user files; bad files/lines quarantined); own step dirs under raw/.
-2. tasks       ``tasks.build_tasks`` from the man harvest (whatever the corpus source) -> tasks/.
-3. Ray Data    read raw JSONL parts -> Normalize -> (driver: exact-dedup verdicts) -> Drop duplicates ->
-               quality filters -> Decontaminate against the tasks' val/test splits.
-4. driver      kept docs in id order -> docs/*.parquet; rejected rows -> quarantine/quarantine.jsonl.
-5. tokenizer   byte-level BPE on the kept docs -> tokenizer/tokenizer.json.
-6. Ray Data    encode in batches; driver packs ``doc EOS doc EOS ...`` into seq_len rows -> shards/ + manifest.
+1. raw text    ``harvest.harvest_man`` (man pages as troff source, Python-docs fallback) or, for
+               ``corpus.source=files``, ``harvest.ingest_files`` (user files, local or fsspec; bad files/lines
+               quarantined): step dirs under raw/ of JSONL parts.  One part = one shard of curation.
+2. normalize   per shard on Ray Data: read + ``curate.normalize`` steps (``passes.normalize_shard``).
+3. tasks       ``tasks.build_tasks`` from the man harvest, on its normalised text -> tasks/.
+4. dedup       global verdicts over every shard's (id, content key) on the driver (``dedup``).
+5. filter      per shard on Ray Data: dedup verdicts, decontamination against the tasks' val/test splits,
+               quality filters -> docs/ + quarantine part + reason counts (``passes.filter_shard``).
+6. tokenizer   byte-level BPE trained once on the kept docs, shard by shard -> tokenizer/tokenizer.json.
+7. encode      per shard on Ray Data: ``encode_batch`` + EOS packing -> shards/ (``passes.encode_shard``).
+8. assemble    manifest.json (rows, tokens, sha256 per shard), quarantine/quarantine.jsonl, stats.json.
 
-Everything the driver writes is sorted by id, so the same input gives byte-identical shards.
+Resumable: everything is built in ``<run_dir>/curate/.work-curate-<fingerprint>/``, each shard's outputs
+written atomically with a done marker last; a run killed at any point (SIGKILL included) and started again with
+the same config skips what is done and gives byte-identical output.  The finished work dir becomes the step dir
+(``lineage.StepDir``), which later runs reuse as is.  Outputs depend only on the input and the config (no
+timings: those go to ``timings.json``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import pandas as pd
 
 from modpipe import lineage
 from modpipe.config import PipelineConfig
 
 log = logging.getLogger("modpipe.curate")
 
-CURATE_VERSION = 1
+CURATE_VERSION = 2
 """Part of the step fingerprint, with a digest of this package's source."""
-
-
-def _read_rows(row: dict) -> list[dict]:
-    """Ray Data flat_map: one raw JSONL part -> uniform rows (rejects have id '' and a reason)."""
-    from modpipe.curate import readers
-
-    out = []
-    for r in readers.read_file(Path(row["path"]), "text", "id", keep_origin=True):
-        line = r.get("line")
-        line = int(line) if isinstance(line, int) else -1
-        if readers.is_reject(r):
-            out.append({"id": "", "text": "", "source": r["source"], "line": line, "reason": r["reason"],
-                        "detail": r["detail"]})
-        else:
-            out.append({"id": str(r["id"]), "text": r["text"], "source": str(r["source"]), "line": line,
-                        "reason": "", "detail": ""})
-    return out
-
-
-class Chain:
-    """Several Steps as one Ray Data map_batches UDF."""
-
-    def __init__(self, steps):
-        self.steps = steps
-
-    def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
-        for s in self.steps:
-            df = s(df)
-        return df
+MOVED = ("tasks", "docs", "tokenizer", "shards")
+"""Work-dir folders that become the step dir's folders as they are."""
 
 
 def _fingerprint(cfg: PipelineConfig, raw: dict, harvest: dict) -> str:
@@ -87,46 +66,39 @@ def _outputs(path: Path, raw: dict, harvest: dict) -> dict[str, str]:
     }
 
 
-def _write_docs(kept: pd.DataFrame, out: Path, per_file: int) -> list[str]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _read_parquets(paths: list[Path], columns: list[str]):
+    import pandas as pd
 
-    out.mkdir(parents=True, exist_ok=True)
-    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
-                        ("n_chars", pa.int64()), ("n_words", pa.int64())])
-    paths = []
-    for i, start in enumerate(range(0, max(len(kept), 1), per_file)):
-        part = kept.iloc[start:start + per_file]
-        table = pa.Table.from_pandas(part[schema.names], schema=schema, preserve_index=False)
-        path = out / f"docs-{i:05d}.parquet"
-        pq.write_table(table, path)
-        paths.append(str(path))
-    return paths
+    frames = [pd.read_parquet(p, columns=columns) for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
-def _quarantine(raw_rejects_path: Path, rejected: pd.DataFrame, out: Path, step_of: dict[str, str]) -> int:
-    out.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open(out / "quarantine.jsonl", "w", encoding="utf-8") as fh:
-        if raw_rejects_path.is_file():  # ingest rejects: bad files/lines of the user's input, in file order
-            for line in raw_rejects_path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    fh.write(json.dumps({"step": "ingest", "id": None, **rec}, ensure_ascii=False) + "\n")
-                    n += 1
-        for r in rejected.sort_values(["source", "line", "id"], kind="mergesort").itertuples(index=False):
-            rec = {"step": step_of.get(r.reason, "read"), "id": r.id or None, "source": r.source,
-                   "line": None if r.line < 0 else int(r.line), "reason": r.reason, "detail": r.detail}
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-    return n
+def _task_records(harvest: dict, normalized: list[Path] | None, cfg: PipelineConfig) -> list[dict]:
+    """The man harvest's records with their text through ``curate.normalize`` (the troff step strips markup):
+    the normalised shards' text when the harvest is the corpus, else normalised here."""
+    from modpipe.curate import harvest as hv
+    from modpipe.curate.normalize import apply_steps
+
+    records = hv.read_raw(harvest["raw_dir"])
+    if normalized is not None:
+        df = _read_parquets(normalized, ["id", "text"])
+        texts = dict(zip(df["id"], df["text"]))
+    else:
+        texts = {r["id"]: apply_steps(r["text"], list(cfg.curate.normalize), r.get("markup")) for r in records}
+    return [{**r, "text": texts.get(r["id"], "")} for r in records]
 
 
-def _step_stats(steps, df: pd.DataFrame, n_read: int) -> list[dict]:
+def _dedup_verdicts(normalized: list[Path]) -> dict[str, str]:
+    """{id: detail} of the rows exact dedup removes, over every shard (global)."""
+    from modpipe.curate.dedup import duplicate_ids
+
+    keys = _read_parquets(normalized, ["id", "key", "reason"])
+    return duplicate_ids(keys[keys["reason"] == ""][["id", "key"]])
+
+
+def _step_stats(steps: list[tuple[str, tuple[str, ...]]], counts: Counter, n_in: int) -> list[dict]:
     """in/out/removed per step from the reason codes left on the rows (rows flow through steps in order)."""
-    counts = Counter(df["reason"])
-    alive = n_read
-    out = []
+    alive, out = n_in, []
     for name, reasons in steps:
         by_reason = {r: counts.get(r, 0) for r in reasons}
         removed = sum(by_reason.values())
@@ -136,17 +108,22 @@ def _step_stats(steps, df: pd.DataFrame, n_read: int) -> list[dict]:
     return out
 
 
+def _ingest_rejects(raw: dict) -> list[dict]:
+    path = Path(raw["raw_dir"]) / "quarantine.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
 def run(cfg: PipelineConfig) -> dict[str, Any]:
     """Curate (or return the finished step dir for the same config and inputs); see the module docstring."""
-    import ray
-
     from modpipe.curate import harvest as hv
+    from modpipe.curate import passes
     from modpipe.curate import tasks as tk
     from modpipe.curate.decontaminate import from_tasks
-    from modpipe.curate.dedup import duplicate_ids
-    from modpipe.curate.filters import Drop, Normalize, quality_filters
-    from modpipe.curate.shards import pack, write_manifest, write_shards
-    from modpipe.curate.tokenize import Encode, train_tokenizer
+    from modpipe.curate.filters import Drop, quality_filters
+    from modpipe.curate.shards import write_manifest
+    from modpipe.curate.tokenize import train_tokenizer
     from modpipe.raycluster import ensure_ray
 
     c = cfg.curate
@@ -158,102 +135,163 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         return _outputs(step.path, raw, harvest)
 
     t0 = time.perf_counter()
+    timings: dict[str, float] = {}
     ensure_ray(cfg.ray)
+    work = step.root / f".work-{step.name}-{step.fp}"
+    resumed = work.is_dir()
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / ".tmp", ignore_errors=True)  # a killed run's half-written files
+    parts = sorted(Path(raw["raw_dir"]).glob("part-*.jsonl"))
+    if not parts:
+        log.warning("curate: %s holds no records", raw["raw_dir"])
+    idx = [int(p.stem.split("-")[1]) for p in parts]
+
+    def paths(sub: str, fmt: str) -> list[Path]:
+        return [work / sub / fmt.format(i) for i in idx]
+
+    normalized = paths("normalized", "part-{:05d}.parquet")
+    docs = paths("docs", "docs-{:05d}.parquet")
+    quarantined = paths("quarantine", "part-{:05d}.jsonl")
+    filtered = paths("filtered", "part-{:05d}.json")
+    encoded = paths("encoded", "part-{:05d}.json")
+
+    def pending(markers: list[Path], what: str) -> list[int]:
+        todo = [k for k, m in enumerate(markers) if not m.is_file()]
+        if resumed and len(todo) < len(markers):
+            log.info("curate: %s: resuming, %d of %d shard(s) already done", what, len(markers) - len(todo),
+                     len(markers))
+        return todo
+
+    # 2. read + normalize, per shard
+    t = time.perf_counter()
+    passes.run_pass("normalize", [{"index": idx[k], "part": str(parts[k]), "out": str(normalized[k])}
+                                  for k in pending(normalized, "normalize")],
+                    passes.normalize_shard, c.parallelism, steps=list(c.normalize),
+                    max_bytes=cfg.corpus.max_record_bytes)
+    timings["normalize"] = time.perf_counter() - t
+
+    # 3. tasks, from the man harvest's normalised text
+    t = time.perf_counter()
+    task_list = tk.build_tasks(_task_records(harvest, normalized if raw is harvest else None, cfg), cfg,
+                               harvest["kind"])
+    (work / ".tmp" / "tasks").mkdir(parents=True)  # cheap and deterministic: rebuilt on every (re)run
+    tasks_summary = tk.write_tasks(task_list, work / ".tmp" / "tasks")
+    shutil.rmtree(work / "tasks", ignore_errors=True)
+    os.replace(work / ".tmp" / "tasks", work / "tasks")
+    timings["tasks"] = time.perf_counter() - t
+
+    # 4. global exact dedup -> 5. filter chain, per shard
+    t = time.perf_counter()
+    filters = quality_filters(c)
+    decon = from_tasks(task_list, list(c.decontaminate_splits))
+    todo = pending(filtered, "filter")
+    dups = _dedup_verdicts(normalized) if todo else {}
+    # decontamination before the quality filters, so every contaminated document is listed as such
+    chain = [Drop(dups), decon, *filters]
+    read_reasons = ("record_too_large", "invalid_utf8", "nul_byte", "malformed_json", "not_object",
+                    "missing_field", "bad_type", "invalid_gzip", "empty_file", "unreadable_file")
+    steps = [("read", read_reasons), ("normalize", ("empty_text",)), ("dedup_exact", ("duplicate",)),
+             ("decontaminate", tuple(decon.reasons)), *[(f.name, tuple(f.reasons)) for f in filters]]
+    step_of = {r: name for name, reasons in steps for r in reasons}
+    passes.run_pass("filter", [{"index": idx[k], "normalized": str(normalized[k]), "docs": str(docs[k]),
+                                "quarantine": str(quarantined[k]), "done": str(filtered[k])} for k in todo],
+                    passes.filter_shard, c.parallelism, chain=chain, step_of=step_of)
+    counts: Counter = Counter()
+    n_rows = n_kept = 0
+    for m in filtered:
+        s = json.loads(m.read_text())
+        counts.update(s["reasons"])
+        n_rows += s["rows"]
+        n_kept += s["kept"]
+    counts.pop("", None)
+    timings["dedup_filter"] = time.perf_counter() - t
+
+    # 6. tokenizer, trained once on the kept docs
+    t = time.perf_counter()
+    tok_path = work / "tokenizer" / "tokenizer.json"
+    if not tok_path.is_file():
+        texts = (x for p in docs for x in _read_parquets([p], ["text"])["text"])
+        tok = train_tokenizer(texts, c.vocab_size, c.tokenizer_min_frequency, length=n_kept)
+        passes.atomic_write(tok_path, lambda tmp: tok.save(str(tmp)))
+        log.info("curate: BPE tokenizer (%d tokens) trained on %d docs in %.1f s", tok.get_vocab_size(), n_kept,
+                 time.perf_counter() - t)
+    tokenizer_json = tok_path.read_text(encoding="utf-8")
+    vocab_size = len(json.loads(tokenizer_json)["model"]["vocab"]) + len(json.loads(tokenizer_json)
+                                                                          ["added_tokens"])
+    timings["tokenizer"] = time.perf_counter() - t
+
+    # 7. encode + pack, per shard
+    t = time.perf_counter()
+    passes.run_pass("encode", [{"index": idx[k], "docs": str(docs[k]), "shards_dir": str(work / "shards"),
+                                "done": str(encoded[k])} for k in pending(encoded, "encode")],
+                    passes.encode_shard, c.parallelism, tokenizer_json=tokenizer_json, seq_len=c.seq_len,
+                    rows_per_shard=c.rows_per_shard, rows_per_row_group=c.rows_per_row_group,
+                    batch_size=c.encode_batch_size)
+    summaries = [json.loads(m.read_text()) for m in encoded]
+    shards = [s for summary in summaries for s in summary["shards"]]
+    n_doc_tokens = sum(s["doc_tokens"] for s in summaries)
+    timings["encode"] = time.perf_counter() - t
+
+    # 8. assemble the step dir
+    ingest_rejects = _ingest_rejects(raw)
     with step.building(config=json.loads(cfg.section_json("corpus", "curate", "tasks")),
                        inputs={"raw_dir": raw["raw_dir"], "harvest_dir": harvest["raw_dir"]}) as tmp:
-        # 2. tasks, from the man harvest
-        task_list = tk.build_tasks(hv.read_raw(harvest["raw_dir"]), cfg, harvest["kind"])
-        tasks_summary = tk.write_tasks(task_list, tmp / "tasks")
-        (tmp / "tasks").mkdir(exist_ok=True)
-
-        # 3. Ray Data: read -> normalize -> dedup -> filters -> decontaminate
-        parts = sorted(str(p) for p in Path(raw["raw_dir"]).glob("part-*.jsonl"))
-        n_blocks = max(1, min(len(parts), c.parallelism * 2)) if parts else 1
-        if parts:
-            ds = ray.data.from_items([{"path": p} for p in parts], override_num_blocks=n_blocks)
-            normalized = ds.flat_map(_read_rows).map_batches(Normalize(), batch_format="pandas",
-                                                             batch_size=256).materialize()
-            keys = normalized.select_columns(["id", "key", "reason"]).to_pandas()
-        else:
-            log.warning("curate: %s holds no records", raw["raw_dir"])
-            keys = pd.DataFrame(columns=["id", "key", "reason"])
-        n_read = len(keys)
-        dups = duplicate_ids(keys[keys["reason"] == ""][["id", "key"]])
-        log.info("curate: %d raw rows, %d exact duplicates", n_read, len(dups))
-        filters = quality_filters(c)
-        decon = from_tasks(task_list, list(c.decontaminate_splits))
-        chain = Chain([Drop(dups), *filters, decon])
-        if parts:
-            flagged = normalized.map_batches(chain, batch_format="pandas", batch_size=256).to_pandas()
-        else:
-            flagged = pd.DataFrame(columns=["id", "text", "source", "line", "reason", "detail", "n_chars",
-                                            "n_words", "key"])
-        read_reasons = tuple(sorted(set(flagged["reason"]) - {"", "empty_text", "duplicate", "contaminated"}
-                                    - {r for f in filters for r in f.reasons}))
-        steps = [("read", read_reasons), ("normalize", ("empty_text",)), ("dedup_exact", ("duplicate",)),
-                 *[(f.name, tuple(f.reasons)) for f in filters], ("decontaminate", ("contaminated",))]
-        step_of = {r: name for name, reasons in steps for r in reasons}
-        step_stats = _step_stats(steps, flagged, n_read)
-        for s in step_stats:
-            log.info("curate: %-18s in %6d out %6d removed %5d %s", s["name"], s["in"], s["out"], s["removed"],
-                     {k: v for k, v in s["removed_by_reason"].items() if v})
-
-        # 4. kept docs and quarantine
-        kept = flagged[flagged["reason"] == ""].sort_values("id", kind="mergesort").reset_index(drop=True)
-        rejected = flagged[flagged["reason"] != ""]
-        _write_docs(kept, tmp / "docs", c.docs_per_file)
-        n_quarantined = _quarantine(Path(raw["raw_dir"]) / "quarantine.jsonl", rejected, tmp / "quarantine", step_of)
-        if kept.empty:
-            log.error("curate: no document survived curation (see %s)", step.path / "quarantine")
-
-        # 5. tokenizer
-        t_tok = time.perf_counter()
-        tok = train_tokenizer(iter(kept["text"].tolist()), c.vocab_size, c.tokenizer_min_frequency,
-                              length=len(kept))
-        (tmp / "tokenizer").mkdir()
-        tok_path = tmp / "tokenizer" / "tokenizer.json"
-        tok.save(str(tok_path))
-        log.info("curate: BPE tokenizer (%d tokens) trained on %d docs in %.1f s", tok.get_vocab_size(),
-                 len(kept), time.perf_counter() - t_tok)
-
-        # 6. encode on Ray Data, pack on the driver in id order
-        if len(kept):
-            n_chunks = max(1, min(len(kept), c.parallelism * 4))
-            bounds = np.linspace(0, len(kept), n_chunks + 1).astype(int)
-            chunks = [kept.iloc[a:b][["id", "text"]] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-            encoded = ray.data.from_pandas(chunks).map_batches(
-                Encode(tok.to_str()), batch_format="pandas", batch_size=128).to_pandas()
-            encoded = encoded.sort_values("id", kind="mergesort")
-            docs_ids = [np.asarray(x, dtype=np.int32) for x in encoded["ids"]]
-        else:
-            docs_ids = []
-        rows = pack(docs_ids, c.seq_len)
-        shards = write_shards(rows, tmp / "shards", c.rows_per_shard)
-        n_doc_tokens = int(sum(len(d) for d in docs_ids))
-        log.info("curate: %d docs -> %d tokens -> %d rows of %d in %d shard(s)", len(kept), n_doc_tokens,
-                 len(rows), c.seq_len, len(shards))
+        for sub in MOVED:
+            (work / sub).mkdir(exist_ok=True)
+            os.replace(work / sub, tmp / sub)
+        (tmp / "quarantine").mkdir()
+        with open(tmp / "quarantine" / "quarantine.jsonl", "w", encoding="utf-8") as fh:
+            for r in ingest_rejects:  # bad files/lines of the user's input, in file order
+                fh.write(json.dumps({"step": "ingest", "id": None, **r}, ensure_ascii=False) + "\n")
+            for q in quarantined:
+                fh.write(q.read_text(encoding="utf-8"))
+        n_quarantined = len(ingest_rejects) + sum(counts.values())
         manifest = write_manifest(
-            tmp / "manifest.json", seq_len=c.seq_len, vocab_size=tok.get_vocab_size(),
-            tokenizer_rel="tokenizer/tokenizer.json", tokenizer_sha=lineage.sha256_file(tok_path),
+            tmp / "manifest.json", seq_len=c.seq_len, vocab_size=vocab_size,
+            tokenizer_rel="tokenizer/tokenizer.json", tokenizer_sha=lineage.sha256_file(tmp / "tokenizer" /
+                                                                                        "tokenizer.json"),
             shards=shards, tasks={k: {kk: v[kk] for kk in ("labels", "train", "val", "test", "kind")}
                                   for k, v in tasks_summary.items()},
-            extra={"docs": len(kept), "corpus": raw["kind"]},
+            extra={"docs": n_kept, "corpus": raw["kind"]},
         )
+        ingest_counts = Counter(r["reason"] for r in ingest_rejects)
+        step_stats = _step_stats(steps, counts, n_rows)
+        if ingest_rejects:  # the user's records/files rejected before the raw parts were written
+            read = step_stats[0]
+            read["in"] += len(ingest_rejects)
+            read["removed"] += len(ingest_rejects)
+            read["removed_by_reason"] = dict(Counter(read["removed_by_reason"]) + ingest_counts)
         stats = {
             "corpus": {"kind": raw["kind"], "raw_dir": raw["raw_dir"], "records": raw["records"],
-                       "stats": json.loads(Path(raw["stats"]).read_text())},
+                       "stats": _deterministic(json.loads(Path(raw["stats"]).read_text()))},
             "harvest": {"kind": harvest["kind"], "raw_dir": harvest["raw_dir"], "records": harvest["records"]},
+            "shards": len(parts),
             "steps": step_stats + [
-                {"name": "tokenize", "in": len(kept), "out": len(kept), "removed": 0, "tokens": n_doc_tokens},
-                {"name": "pack", "in": n_doc_tokens + len(kept), "out": manifest["total_tokens"],
-                 "removed": n_doc_tokens + len(kept) - manifest["total_tokens"], "rows": manifest["total_rows"],
+                {"name": "tokenize", "in": n_kept, "out": n_kept, "removed": 0, "tokens": n_doc_tokens},
+                {"name": "pack", "in": n_doc_tokens + n_kept, "out": manifest["total_tokens"],
+                 "removed": n_doc_tokens + n_kept - manifest["total_tokens"], "rows": manifest["total_rows"],
                  "unit": "tokens"},
             ],
             "quarantined": n_quarantined,
-            "docs": len(kept),
+            "docs": n_kept,
             "tasks": tasks_summary,
-            "seconds": round(time.perf_counter() - t0, 2),
         }
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
+        timings["total"] = time.perf_counter() - t0
+        (tmp / "timings.json").write_text(json.dumps({"resumed": resumed, **{k: round(v, 2)
+                                                                              for k, v in timings.items()}}))
+        for s in step_stats:
+            log.info("curate: %-18s in %6d out %6d removed %5d %s", s["name"], s["in"], s["out"], s["removed"],
+                     {k: v for k, v in s["removed_by_reason"].items() if v})
+        log.info("curate: %d docs -> %d tokens -> %d rows of %d in %d shard(s); %d quarantined", n_kept,
+                 n_doc_tokens, manifest["total_rows"], c.seq_len, len(shards), n_quarantined)
+    shutil.rmtree(work, ignore_errors=True)
+    if n_kept == 0:
+        log.error("curate: no document survived curation (see %s)", step.path / "quarantine")
     log.info("curate: done in %.1f s -> %s", time.perf_counter() - t0, step.path)
     return _outputs(step.path, raw, harvest)
+
+
+def _deterministic(stats: dict) -> dict:
+    """A raw step's stats without its timing (stats.json must not change between identical runs)."""
+    return {k: v for k, v in stats.items() if k != "seconds"}

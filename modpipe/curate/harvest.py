@@ -2,15 +2,17 @@
 
 - ``harvest_man``: the embedded default corpus, offline from ``corpus.man_root``.  English pages from
   ``manN/`` for ``corpus.sections``, translated pages from ``<lang>/manN/``.  Symlinks (aliases) and ``.so``
-  stubs are skipped; pages are stripped of troff in Python (``troff.py``; ~1 ms a page).  Selection is
+  stubs are skipped.  Selection is
   deterministic: pages in order of sha256(relative path), at most ``max_docs_per_cluster`` per command-name
   prefix (man1 holds ~16.6k ``gcloud*`` pages), at most ``max_docs_per_section`` per English section and
-  ``max_docs_per_language`` per language folder.  A missing man root, or fewer than ``corpus.min_pages``
+  ``max_docs_per_language`` per language folder.  Pages are kept as troff source (records carry
+  ``markup: "troff"``): raw/ is the corpus as found, and markup stripping is the ``troff`` normalisation step
+  of curate (``curate.normalize``), which a user can turn off.  A missing man root, or fewer than ``corpus.min_pages``
   pages, falls back to ``harvest_pydocs``.
 - ``harvest_pydocs``: docstrings of a fixed list of side-effect-free stdlib modules (records carry
   ``package``, the label of the ``py_package`` task).
-- ``ingest_files``: ``corpus.source = files``: the user's .jsonl/.jsonl.gz/.txt files through ``readers``;
-  bad files/lines go to the step's quarantine.jsonl, good records on.
+- ``ingest_files``: ``corpus.source = files``: the user's files (local or fsspec URLs; JSONL plain/.gz/.zst,
+  Parquet, .txt) through ``readers``; bad files/lines go to the step's quarantine.jsonl, good records on.
 
 Every step dir holds ``part-NNNNN.jsonl``, ``quarantine.jsonl`` and ``stats.json``.
 """
@@ -35,12 +37,11 @@ from typing import Any, Iterable
 from modpipe import lineage
 from modpipe.config import PipelineConfig
 from modpipe.curate import readers
-from modpipe.curate.troff import strip_troff
 
 log = logging.getLogger("modpipe.curate")
 
-HARVEST_VERSION = 1
-"""Part of the step fingerprint, with ``code_digest()`` (so a changed stripper never reuses old output)."""
+HARVEST_VERSION = 2
+"""Part of the step fingerprint, with ``code_digest()`` (so changed harvest code never reuses old output)."""
 ENGLISH = "en"
 
 
@@ -104,7 +105,7 @@ def list_pages(root: Path, sections: list[int]) -> tuple[dict[str, list[Page]], 
 
 
 def read_page(page: Page) -> tuple[str | None, str, str]:
-    """(text or None, encoding, skip reason): None for .so stubs, unreadable or empty pages."""
+    """(troff source or None, encoding, skip reason): None for .so stubs, unreadable or empty pages."""
     try:
         with open(page.path, "rb") as fh:
             data = fh.read()
@@ -119,10 +120,9 @@ def read_page(page: Page) -> tuple[str | None, str, str]:
     except UnicodeDecodeError:
         src, enc = data.decode("latin-1"), "latin-1"
         log.warning("harvest: %s is not UTF-8; decoded as latin-1", page.rel)
-    text = strip_troff(src)
-    if not text.strip():
+    if not src.strip():
         return None, enc, "empty_page"
-    return text, enc, ""
+    return src, enc, ""
 
 
 def select(pages: list[Page], cap: int, per_cluster: int, counts: Counter) -> list[dict]:
@@ -142,7 +142,7 @@ def select(pages: list[Page], cap: int, per_cluster: int, counts: Counter) -> li
         clusters[page.cluster] += 1
         out.append({"id": f"man/{page.rel[:-3] if page.rel.endswith('.gz') else page.rel}", "text": text,
                     "source": str(page.path), "line": None, "section": page.section,
-                    "language": page.language, "name": page.name, "encoding": enc})
+                    "language": page.language, "name": page.name, "encoding": enc, "markup": "troff"})
     return out
 
 
@@ -197,7 +197,7 @@ def harvest_man(cfg: PipelineConfig) -> dict[str, Any]:
         return harvest_pydocs(cfg, reason=f"man root {root} missing")
     fields = {k: getattr(c, k) for k in ("man_root", "sections", "max_docs_per_section", "max_docs_per_language",
                                          "max_docs_per_cluster", "min_pages")}
-    fp = lineage.fingerprint("harvest", HARVEST_VERSION, code_digest("harvest", "troff"), fields,
+    fp = lineage.fingerprint("harvest", HARVEST_VERSION, code_digest("harvest"), fields,
                             _listing_digest(root, c.sections))
     step = lineage.StepDir(cfg.run_path / "raw", "harvest", fp)
     if step.done():
@@ -312,8 +312,9 @@ def ingest_files(cfg: PipelineConfig) -> dict[str, Any]:
     files, path_rejects = readers.list_inputs(c.paths)
     if not c.paths:
         log.warning("ingest: corpus.source=files but corpus.paths is empty")
-    digests = [(str(f), lineage.sha256_file(f)) for f in files]
-    fields = {"paths": c.paths, "text_field": c.text_field, "id_field": c.id_field}
+    digests = [(f.url, f.rel, readers.file_digest(f)) for f in files]
+    fields = {"paths": c.paths, "text_field": c.text_field, "id_field": c.id_field,
+              "max_record_bytes": c.max_record_bytes}
     fp = lineage.fingerprint("files", HARVEST_VERSION, code_digest("harvest", "readers"), fields, digests,
                              [r["source"] for r in path_rejects])
     step = lineage.StepDir(cfg.run_path / "raw", "files", fp)
@@ -321,9 +322,9 @@ def ingest_files(cfg: PipelineConfig) -> dict[str, Any]:
         log.info("ingest: reusing %s", step.path)
         return _result(step.path)
     records, rejects, seen = [], list(path_rejects), set()
-    for f in files:
+    for k, f in enumerate(files):
         n = 0
-        for row in readers.read_file(f, c.text_field, c.id_field):
+        for row in readers.read_input(f, c.text_field, c.id_field, c.max_record_bytes):
             if readers.is_reject(row):
                 rejects.append(row)
                 continue
@@ -335,7 +336,7 @@ def ingest_files(cfg: PipelineConfig) -> dict[str, Any]:
             row.setdefault("language", None)
             records.append(row)
             n += 1
-        log.info("ingest: %s: %d records", f, n)
+        log.info("ingest: [%d/%d] %s: %d records", k + 1, len(files), f.url, n)
     stats = {"kind": "files", "records": len(records), "files": len(files), "rejected": len(rejects),
              "rejected_by_reason": dict(Counter(r["reason"] for r in rejects))}
     with step.building(config=fields, inputs={"files": digests}) as tmp:

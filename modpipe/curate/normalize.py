@@ -1,7 +1,14 @@
-"""Text normalisation and the content keys every step agrees on.
+"""Text normalisation as named steps, and the content keys every step agrees on.
 
-``normalize``: NFC, newlines unified, control and invisible format characters removed, runs of blanks
-collapsed, trailing blanks and 3+ newlines trimmed.  ``text_key``: sha256 of the whitespace-collapsed,
+Steps (``curate.normalize`` lists them by name, applied in that order; drop a name to turn a step off):
+
+troff          troff/man markup stripped (``troff.strip_troff``), only on records marked ``markup: troff``
+               (the man harvest keeps the pages' troff source in raw/; user text is never read as troff)
+nfc            Unicode NFC
+control_chars  newlines unified (CRLF/CR -> LF); control and invisible format characters removed (NUL included)
+whitespace     runs of blanks collapsed, blanks around newlines and 3+ newlines trimmed, ends stripped
+
+``normalize(text)`` = nfc -> control_chars -> whitespace (what tasks and contracts use).  ``text_key``: sha256 of the whitespace-collapsed,
 lower-cased text, the same notion of "the same example" the contracts use for split overlap
 (``contracts.datasets.text_hash``); exact dedup, task splitting and decontamination all use it.
 """
@@ -11,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from typing import Callable
 
 _CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200e\u200f\u2028\u2029\ufeff\u00ad\ufffe\uffff]")
 _BLANKS = re.compile(r"[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
@@ -23,13 +31,52 @@ _NONLETTER = re.compile(r"[\W\d_]")
 _SPACE = re.compile(r"\s")
 
 
-def normalize(text: str) -> str:
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    text = _CTRL.sub("", text)
+def nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def control_chars(text: str) -> str:
+    return _CTRL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def whitespace(text: str) -> str:
     text = _BLANKS.sub(" ", text)
     text = _EDGE.sub("\n", text)
     text = _PARAS.sub("\n\n", text)
     return text.strip()
+
+
+def troff(text: str) -> str:
+    from modpipe.curate.troff import strip_troff
+
+    return strip_troff(text)
+
+
+STEPS: dict[str, Callable[[str], str]] = {"troff": troff, "nfc": nfc, "control_chars": control_chars,
+                                          "whitespace": whitespace}
+"""Named normalisation steps (``curate.normalize``)."""
+MARKUP_STEPS = {"troff": "troff"}
+"""Steps that apply only to records whose ``markup`` field names them."""
+
+
+def normalize(text: str) -> str:
+    return whitespace(control_chars(nfc(text)))
+
+
+def check_steps(names: list[str]) -> list[str]:
+    unknown = [n for n in names if n not in STEPS]
+    if unknown:
+        raise ValueError(f"unknown normalize step(s) {unknown}; valid: {sorted(STEPS)}")
+    return list(names)
+
+
+def apply_steps(text: str, names: list[str], markup: str | None = None) -> str:
+    """``text`` through the named steps; markup steps run only when ``markup`` names them."""
+    for n in names:
+        if n in MARKUP_STEPS and MARKUP_STEPS[n] != markup:
+            continue
+        text = STEPS[n](text)
+    return text
 
 
 def text_key(text: str) -> str:

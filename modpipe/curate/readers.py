@@ -1,38 +1,67 @@
-"""Readers: one file -> records and rejects.  Files are only ever opened read-only.
+"""Readers: one input file -> records and rejects.  Inputs are only ever opened read-only.
+
+Formats (by name): ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst`` (one record a line), ``.parquet`` (one record a
+row) and ``.txt`` (one record a file).  Paths are local paths or fsspec URLs (``file://``, ``memory://``,
+``s3://`` with its fsspec package installed, ...); a folder is searched recursively.  Every file is streamed:
+a line or text longer than ``max_record_bytes`` is skipped (and quarantined) without holding it in memory.
 
 A reader yields dicts.  A record: ``{"id", "text", "source", "line", ...extra fields}``; a reject (quarantine
 row): ``{"source", "line", "reason", "detail"}`` with a stable reason code:
 
-empty_file        the file holds no bytes (or only blanks)
-invalid_gzip      a .gz that does not decompress
-invalid_utf8      bytes that are not UTF-8 (line = the line that holds the first bad byte)
-malformed_json    a JSONL line that does not parse
-not_object        a JSONL line that parses to something other than an object
-missing_field     the text field is absent or null
-bad_type          the text field is not a string
-empty_text        the text field is blank
-duplicate_id      an id already seen in an earlier file/line (first one wins)
-missing_path      a configured path does not exist
-unsupported_type  a configured file that is not .jsonl, .jsonl.gz or .txt
+empty_file         the file holds no records (no bytes, or only blank lines)
+invalid_gzip       a .gz/.zst that is corrupt or truncated (records before the damage are kept; line = the
+                   first line that could not be read)
+unreadable_file    the file cannot be opened or read (permissions, a broken object store, ...)
+unreadable_parquet a .parquet file whose footer/schema/pages do not read
+missing_column     a .parquet file without the text column (detail: the columns it has)
+bad_schema         a .parquet file whose text column is not a string column
+invalid_utf8       bytes that are not UTF-8 (line = the line that holds the first bad byte)
+nul_byte           a raw NUL byte in a text line: binary content, not text
+record_too_large   a line / text / row over ``max_record_bytes``
+malformed_json     a JSONL line that does not parse
+not_object         a JSONL line that parses to something other than an object
+missing_field      the text field is absent or null
+bad_type           the text field is not a string
+empty_text         the text field is blank
+duplicate_id       an id already seen in an earlier file/line (first one wins; ``ingest``)
+missing_path       a configured path does not exist
+unsupported_type   a configured file with none of the suffixes above
+
+Document ids: the id field when present (a non-blank string or an int), else ``stable_id(rel, line)`` where
+``rel`` is the file's path relative to the configured folder (its name for a configured file), so the id is the
+same on every run and every machine wherever the corpus is mounted.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import logging
 import zlib
-from pathlib import Path
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Iterator
 
 log = logging.getLogger("modpipe.curate")
 
-SUFFIXES = (".jsonl", ".jsonl.gz", ".txt")
+SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet", ".txt")
+MAX_RECORD_BYTES = 8_000_000
+"""Default ``corpus.max_record_bytes``."""
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class InputFile:
+    url: str
+    """What fsspec opens: a local absolute path or ``scheme://...``; names the file in quarantine rows."""
+    rel: str
+    """Path relative to the configured root (its name for a configured file): the stable part of derived ids."""
 
 
 def reject(source: str, line: int | None, reason: str, detail: str = "") -> dict[str, Any]:
-    log.warning("quarantine %s line %s: %s %s", source, line, reason, detail)
+    where = f"{source} line {line}" if line is not None else source
+    log.warning("quarantine %s: %s %s", where, reason, detail)
     return {"source": source, "line": line, "reason": reason, "detail": detail[:500]}
 
 
@@ -40,116 +69,282 @@ def is_reject(row: dict) -> bool:
     return "reason" in row and "text" not in row
 
 
-def stable_id(source: str, line: int) -> str:
-    return hashlib.sha256(f"{source}\x00{line}".encode()).hexdigest()[:20]
+def stable_id(rel: str, line: int) -> str:
+    return hashlib.sha256(f"{rel}\x00{line}".encode()).hexdigest()[:20]
 
 
-def list_inputs(paths: list[str]) -> tuple[list[Path], list[dict]]:
-    """Expand configured files/folders into a sorted list of readable files (+ rejects for bad paths)."""
-    files: list[Path] = []
+# --- listing ---------------------------------------------------------------------------------------------------
+
+
+def _fs(path: str):
+    from fsspec.core import url_to_fs
+
+    if "://" not in path:
+        from pathlib import Path
+
+        path = str(Path(path).expanduser().resolve())
+    return url_to_fs(path)
+
+
+def _url(fs, path: str) -> str:
+    return path if "file" in _protocols(fs) else fs.unstrip_protocol(path)
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
+def list_inputs(paths: list[str]) -> tuple[list[InputFile], list[dict]]:
+    """Expand configured files/folders (local or fsspec URLs) into a sorted list of inputs (+ rejects)."""
+    files: list[InputFile] = []
     rejects: list[dict] = []
     for p in paths:
-        path = Path(p).expanduser().resolve()
-        if path.is_dir():
-            files.extend(f for f in sorted(path.rglob("*")) if f.is_file() and f.name.endswith(SUFFIXES))
-        elif path.is_file():
-            if path.name.endswith(SUFFIXES):
-                files.append(path)
+        try:
+            fs, root = _fs(p)
+            is_dir, is_file = fs.isdir(root), fs.isfile(root)
+        except Exception as e:  # noqa: BLE001 - an unknown protocol or an unreachable store is a bad path
+            rejects.append(reject(p, None, "missing_path", f"{type(e).__name__}: {e}"))
+            continue
+        if is_dir:
+            found = sorted(fs.find(root))
+            skipped = 0
+            for f in found:
+                if f.endswith(SUFFIXES):
+                    rel = f[len(root):].lstrip("/") if f.startswith(root) else f.rsplit("/", 1)[-1]
+                    files.append(InputFile(_url(fs, f), rel))
+                else:
+                    skipped += 1
+            if skipped:
+                log.info("readers: %s: %d file(s) without a known suffix %s ignored", p, skipped, SUFFIXES)
+        elif is_file:
+            if root.endswith(SUFFIXES):
+                files.append(InputFile(_url(fs, root), root.rsplit("/", 1)[-1]))
             else:
-                rejects.append(reject(str(path), None, "unsupported_type", f"expected one of {SUFFIXES}"))
+                rejects.append(reject(_url(fs, root), None, "unsupported_type", f"expected one of {SUFFIXES}"))
         else:
-            rejects.append(reject(str(path), None, "missing_path", "no such file or folder"))
+            rejects.append(reject(p, None, "missing_path", "no such file or folder"))
     seen, out = set(), []
     for f in files:
-        if f not in seen:
-            seen.add(f)
+        if f.url not in seen:
+            seen.add(f.url)
             out.append(f)
     return out, rejects
 
 
-def _line_of(data: bytes, pos: int) -> int:
-    return data.count(b"\n", 0, pos) + 1
+def file_digest(inp: InputFile) -> str:
+    """sha256 of the stored bytes (compressed as stored)."""
+    import fsspec
+
+    h = hashlib.sha256()
+    with fsspec.open(inp.url, "rb") as fh:
+        while block := fh.read(_CHUNK):
+            h.update(block)
+    return h.hexdigest()
 
 
-def _read_bytes(path: Path) -> tuple[bytes | None, dict | None]:
-    with open(path, "rb") as fh:  # read-only: raw input is never modified
-        data = fh.read()
-    if path.name.endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            return None, reject(str(path), None, "invalid_gzip", str(e))
-    if not data.strip():
-        return None, reject(str(path), None, "empty_file", f"{len(data)} bytes")
-    return data, None
+# --- byte streams ----------------------------------------------------------------------------------------------
 
 
-def read_txt(path: Path) -> Iterator[dict]:
-    """One document per .txt file; id = stable id of (path, 1)."""
-    data, bad = _read_bytes(path)
-    if bad:
-        yield bad
-        return
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        yield reject(str(path), _line_of(data, e.start), "invalid_utf8", f"byte offset {e.start}: {e.reason}")
-        return
-    yield {"id": stable_id(str(path), 1), "text": text, "source": str(path), "line": 1}
+class _Decompressed(io.RawIOBase):
+    """A zstandard stream reader as a RawIOBase, so io.BufferedReader gives it readline(limit)."""
+
+    def __init__(self, reader):
+        self._reader = reader
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self._reader.read(len(b))
+        b[: len(data)] = data
+        return len(data)
 
 
-def read_jsonl(path: Path, text_field: str = "text", id_field: str | None = "id",
+def _decompressed(fh: BinaryIO, name: str) -> BinaryIO:
+    if name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=fh, mode="rb")
+    if name.endswith(".zst"):
+        import zstandard
+
+        return io.BufferedReader(_Decompressed(zstandard.ZstdDecompressor().stream_reader(fh)), _CHUNK)
+    return fh
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    import zstandard
+
+    return (EOFError, OSError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile)
+
+
+def _lines(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, bytes or None when over ``max_bytes``, length); long lines are skipped in chunks."""
+    n = 0
+    while True:
+        raw = fh.readline(max_bytes + 1)
+        if not raw:
+            return
+        n += 1
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            size = len(raw)
+            while True:  # drain the rest of the line without keeping it
+                more = fh.readline(_CHUNK)
+                size += len(more)
+                if not more or more.endswith(b"\n"):
+                    break
+            yield n, None, size
+            continue
+        yield n, raw, len(raw)
+
+
+# --- formats ---------------------------------------------------------------------------------------------------
+
+
+def _record(inp: InputFile, line: int, text: Any, rid: Any, extra: dict, text_field: str) -> dict:
+    src = inp.url
+    if text is None:
+        return reject(src, line, "missing_field", f"no {text_field!r} field")
+    if not isinstance(text, str):
+        return reject(src, line, "bad_type", f"{text_field!r} is {type(text).__name__}")
+    if not text.strip():
+        return reject(src, line, "empty_text", f"{text_field!r} is blank")
+    rid = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) and str(rid).strip() \
+        else stable_id(inp.rel, line)
+    return {**extra, "id": rid, "text": text, "source": src, "line": line}
+
+
+def read_jsonl(inp: InputFile, fh: BinaryIO, text_field: str, id_field: str | None, max_bytes: int,
                keep_origin: bool = False) -> Iterator[dict]:
-    """One record per JSONL line; bad lines become rejects naming the line, good lines go on.
+    """One record per line; bad lines become rejects naming the line, good lines go on.
 
     ``keep_origin``: the file is modpipe's own raw JSONL whose records already name their ``source`` (a man
     page, a user file) and ``line``; otherwise source/line are this file and line.
     """
-    data, bad = _read_bytes(path)
-    if bad:
-        yield bad
+    src, records, last = inp.url, 0, 0
+    try:
+        for i, raw, size in _lines(_decompressed(fh, inp.url), max_bytes):
+            last = i
+            if raw is None:
+                yield reject(src, i, "record_too_large", f"line of {size} bytes > max_record_bytes={max_bytes}")
+                records += 1
+                continue
+            if not raw.strip():
+                continue
+            records += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield reject(src, i, "invalid_utf8", f"byte offset {e.start} in line: {e.reason}")
+                continue
+            if "\x00" in line:
+                yield reject(src, i, "nul_byte", f"NUL byte at offset {line.index(chr(0))} in line")
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield reject(src, i, "malformed_json", f"{e.msg} at column {e.colno}")
+                continue
+            if not isinstance(rec, dict):
+                yield reject(src, i, "not_object", type(rec).__name__)
+                continue
+            text, rid = rec.get(text_field), rec.get(id_field) if id_field else None
+            extra = {k: v for k, v in rec.items() if k not in (text_field, id_field, "source", "line")}
+            out = _record(inp, i, text, rid, extra, text_field)
+            if keep_origin and not is_reject(out):
+                out["source"] = rec.get("source") or src
+                out["line"] = rec["line"] if "line" in rec else i
+            yield out
+    except _stream_errors() as e:
+        yield reject(src, last + 1, "invalid_gzip", f"stream breaks after line {last}: {type(e).__name__}: {e}")
         return
-    src = str(path)
-    for i, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield reject(src, i, "invalid_utf8", f"byte offset {e.start} in line: {e.reason}")
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield reject(src, i, "malformed_json", f"{e.msg} at column {e.colno}")
-            continue
-        if not isinstance(rec, dict):
-            yield reject(src, i, "not_object", type(rec).__name__)
-            continue
-        text = rec.get(text_field)
-        if text is None:
-            yield reject(src, i, "missing_field", f"no {text_field!r} field")
-            continue
-        if not isinstance(text, str):
-            yield reject(src, i, "bad_type", f"{text_field!r} is {type(text).__name__}")
-            continue
-        if not text.strip():
-            yield reject(src, i, "empty_text", f"{text_field!r} is blank")
-            continue
-        rid = rec.get(id_field) if id_field else None
-        rid = str(rid) if isinstance(rid, (str, int)) and str(rid).strip() else stable_id(src, i)
-        out = {k: v for k, v in rec.items() if k not in (text_field, id_field, "source", "line")}
-        if keep_origin:
-            out.update({"id": rid, "text": text, "source": rec.get("source") or src,
-                        "line": rec["line"] if "line" in rec else i})
-        else:
-            out.update({"id": rid, "text": text, "source": src, "line": i})
-        yield out
+    if records == 0:
+        yield reject(src, None, "empty_file", "no records")
 
 
-def read_file(path: Path, text_field: str = "text", id_field: str | None = "id",
-              keep_origin: bool = False) -> Iterator[dict]:
-    if path.name.endswith(".txt"):
-        yield from read_txt(path)
-    else:
-        yield from read_jsonl(path, text_field, id_field, keep_origin)
+def read_txt(inp: InputFile, fh: BinaryIO, max_bytes: int) -> Iterator[dict]:
+    """One document per file; id = stable id of (rel, 1)."""
+    src = inp.url
+    data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        size = len(data)
+        while block := fh.read(_CHUNK):
+            size += len(block)
+        yield reject(src, 1, "record_too_large", f"{size} bytes > max_record_bytes={max_bytes}")
+        return
+    if not data.strip():
+        yield reject(src, None, "empty_file", f"{len(data)} bytes")
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        yield reject(src, line, "invalid_utf8", f"byte offset {e.start}: {e.reason}")
+        return
+    if "\x00" in text:
+        pos = text.index("\x00")
+        yield reject(src, text.count("\n", 0, pos) + 1, "nul_byte", f"NUL byte at character {pos}")
+        return
+    yield {"id": stable_id(inp.rel, 1), "text": text, "source": src, "line": 1}
+
+
+def read_parquet(inp: InputFile, fh: BinaryIO, text_field: str, id_field: str | None, max_bytes: int,
+                 batch_rows: int = 4096) -> Iterator[dict]:
+    """One record per row (line = 1-based row number); a file without a string text column is one reject."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = inp.url
+    try:
+        pf = pq.ParquetFile(fh)
+        schema = pf.schema_arrow
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid/OSError/... for a broken footer
+        yield reject(src, None, "unreadable_parquet", f"{type(e).__name__}: {e}")
+        return
+    if text_field not in schema.names:
+        yield reject(src, None, "missing_column", f"no {text_field!r} column; columns: {schema.names}")
+        return
+    ttype = schema.field(text_field).type
+    if not (pa.types.is_string(ttype) or pa.types.is_large_string(ttype)):
+        yield reject(src, None, "bad_schema", f"{text_field!r} is {ttype}, expected string")
+        return
+    if pf.metadata.num_rows == 0:
+        yield reject(src, None, "empty_file", "0 rows")
+        return
+    columns = [text_field] + ([id_field] if id_field and id_field in schema.names else [])
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+            texts = batch.column(text_field).to_pylist()
+            ids = batch.column(id_field).to_pylist() if len(columns) > 1 else [None] * len(texts)
+            for text, rid in zip(texts, ids):
+                row += 1
+                if isinstance(text, str) and len(text) > max_bytes // 4 and len(text.encode()) > max_bytes:
+                    yield reject(src, row, "record_too_large", f"text > max_record_bytes={max_bytes}")
+                    continue
+                yield _record(inp, row, text, rid, {}, text_field)
+    except Exception as e:  # noqa: BLE001 - a corrupt page: keep what was read, quarantine the rest
+        yield reject(src, row + 1, "unreadable_parquet", f"rows after {row}: {type(e).__name__}: {e}")
+
+
+def read_input(inp: InputFile, text_field: str = "text", id_field: str | None = "id",
+               max_bytes: int = MAX_RECORD_BYTES, keep_origin: bool = False) -> Iterator[dict]:
+    """Every record and reject of one input; never raises for bad content."""
+    import fsspec
+
+    try:
+        with fsspec.open(inp.url, "rb") as fh:  # read-only: raw input is never modified
+            if inp.url.endswith(".parquet"):
+                yield from read_parquet(inp, fh, text_field, id_field, max_bytes)
+            elif inp.url.endswith(".txt"):
+                yield from read_txt(inp, fh, max_bytes)
+            else:
+                yield from read_jsonl(inp, fh, text_field, id_field, max_bytes, keep_origin)
+    except _stream_errors() as e:
+        yield reject(inp.url, None, "unreadable_file", f"{type(e).__name__}: {e}")
+
+
+def read_file(path, text_field: str = "text", id_field: str | None = "id", keep_origin: bool = False,
+              max_bytes: int = MAX_RECORD_BYTES) -> Iterator[dict]:
+    """``read_input`` for one local path (or URL) given on its own (rel = its name)."""
+    s = str(path)
+    yield from read_input(InputFile(s, s.replace("\\", "/").rsplit("/", 1)[-1]), text_field, id_field, max_bytes,
+                          keep_origin)

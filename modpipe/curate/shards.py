@@ -1,8 +1,10 @@
 """EOS-separated packing into fixed-length rows, Parquet shards and manifest.json.
 
-Documents (in id order) are concatenated as ``doc EOS doc EOS ...`` and cut into rows of exactly ``seq_len``
-tokens; the last partial row is dropped.  Shards hold ``rows_per_shard`` rows each
-(``shards/shard-NNNNN.parquet``, column ``input_ids: list<int32>``).
+Documents (in id order, one curation shard at a time) are concatenated as ``doc EOS doc EOS ...`` and cut into
+rows of exactly ``seq_len`` tokens; each curation shard's last partial row is dropped (so shards are packed,
+and resumed, independently).  Token shards hold ``rows_per_shard`` rows each in row groups of
+``rows_per_row_group`` (``shards/shard-NNNNN-MMM.parquet``, column ``input_ids: list<int32>``); the manifest
+lists every shard with its rows, tokens and sha256.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from modpipe.lineage import sha256_file
 from modpipe.models.backbone import EOS_ID
 
 
@@ -28,23 +29,16 @@ def pack(docs: list[np.ndarray], seq_len: int) -> np.ndarray:
     return stream[: rows * seq_len].reshape(rows, seq_len)
 
 
-def write_shards(rows: np.ndarray, out: Path, rows_per_shard: int) -> list[dict[str, Any]]:
+def write_shard(rows: np.ndarray, path: Path, rows_per_row_group: int) -> None:
+    """(rows, seq_len) int32 -> Parquet ``input_ids: list<int32>`` in row groups of ``rows_per_row_group`` rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out.mkdir(parents=True, exist_ok=True)
     seq_len = rows.shape[1]
-    shards = []
-    for i, start in enumerate(range(0, len(rows), rows_per_shard)):
-        block = rows[start:start + rows_per_shard]
-        flat = pa.array(block.reshape(-1), type=pa.int32())
-        offsets = pa.array(np.arange(0, len(block) * seq_len + 1, seq_len, dtype=np.int32))
-        col = pa.ListArray.from_arrays(offsets, flat)
-        path = out / f"shard-{i:05d}.parquet"
-        pq.write_table(pa.table({"input_ids": col}), path)
-        shards.append({"path": f"{out.name}/{path.name}", "rows": int(len(block)),
-                       "tokens": int(block.size), "sha256": sha256_file(path)})
-    return shards
+    flat = pa.array(rows.reshape(-1), type=pa.int32())
+    offsets = pa.array(np.arange(0, len(rows) * seq_len + 1, seq_len, dtype=np.int32))
+    col = pa.ListArray.from_arrays(offsets, flat)
+    pq.write_table(pa.table({"input_ids": col}), path, row_group_size=rows_per_row_group)
 
 
 def write_manifest(path: Path, *, seq_len: int, vocab_size: int, tokenizer_rel: str, tokenizer_sha: str,

@@ -1,16 +1,14 @@
-"""Byte-level BPE tokenizer (HF ``tokenizers``) trained on the curated docs; batch encoding for Ray Data.
+"""Byte-level BPE tokenizer (HF ``tokenizers``) trained once on the curated docs (``passes.encode_shard``
+encodes them with ``encode_batch``, shard by shard, on Ray Data).
 
 Special tokens <pad>, <unk>, <eos> get ids 0, 1, 2 (``models.backbone.SPECIAL_TOKENS``).  Byte-level
 pre-tokenisation means no text ever needs <unk>.  Training is deterministic for the same docs in the same
-order (docs are sorted by id before training).
+order (docs are fed shard by shard, in id order inside a shard).
 """
 
 from __future__ import annotations
 
 from typing import Iterable
-
-import numpy as np
-import pandas as pd
 
 from modpipe.models.backbone import SPECIAL_TOKENS
 
@@ -36,19 +34,3 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     for i, t in enumerate(SPECIAL_TOKENS):
         assert tok.token_to_id(t) == i, f"special token {t} has id {tok.token_to_id(t)}, expected {i}"
     return tok
-
-
-class Encode:
-    """Ray Data UDF: pandas batch (id, text) -> (id, ids: int32 array), from the tokenizer's JSON."""
-
-    def __init__(self, tokenizer_json: str):
-        self.tokenizer_json = tokenizer_json
-        self._tok = None
-
-    def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
-        if self._tok is None:
-            from tokenizers import Tokenizer
-
-            self._tok = Tokenizer.from_str(self.tokenizer_json)
-        enc = self._tok.encode_batch(list(df["text"]), add_special_tokens=False)
-        return pd.DataFrame({"id": df["id"].to_numpy(), "ids": [np.asarray(e.ids, dtype=np.int32) for e in enc]})

@@ -16,9 +16,10 @@ import pytest
 from modpipe.config import load_config
 from modpipe.curate import harvest as hv
 from modpipe.curate import tasks as tk
-from modpipe.curate.normalize import normalize, text_key
+from modpipe.curate.normalize import apply_steps, normalize, text_key
 from modpipe.curate.troff import strip_troff
 from modpipe.lineage import sha256_file
+from prose_corpus import prose
 
 MAN = Path("/usr/share/man")
 needs_man = pytest.mark.skipif(not (MAN / "man1").is_dir(), reason="no /usr/share/man on this machine")
@@ -100,9 +101,17 @@ def test_harvest_and_tasks(run_dir):
     assert all(sum(r["section"] == s for r in en) <= 15 for s in "158")
     assert sum(r["id"].startswith("man/man1/gcloud") for r in en) <= cfg.corpus.max_docs_per_cluster
     assert all(not r["text"].lstrip().startswith(".so ") for r in records)
+    # raw/ keeps the troff source; the troff normalisation step strips it
+    assert all(r["markup"] == "troff" for r in records)
+    assert sum(bool(re.search(r"^\.(SH|TH) ", r["text"], re.M)) for r in records) > len(records) // 2
+    steps = cfg.curate.normalize
+    assert steps[0] == "troff"
+    stripped = [apply_steps(r["text"], steps, r["markup"]) for r in records]
     # pages about troff (lexgrog, groff) legitimately quote markup; anything more means a stripper bug
-    marked = [r["id"] for r in records if re.search(r"\\f[BIR]|^\.(SH|TP|PP|B|I) ", r["text"], re.M)]
+    marked = [r["id"] for r, t in zip(records, stripped) if re.search(r"\\f[BIR]|^\.(SH|TP|PP|B|I) ", t, re.M)]
     assert len(marked) <= max(1, len(records) // 50), marked
+    assert apply_steps(records[0]["text"], steps[1:], "troff") == normalize(records[0]["text"])  # step off
+    records = [{**r, "text": t} for r, t in zip(records, stripped)]
     for r in records[:50]:  # sources are real, non-symlink pages
         assert Path(r["source"]).is_file() and not Path(r["source"]).is_symlink()
 
@@ -165,6 +174,8 @@ def test_curate_run_shards_manifest_reuse(run_dir, ray_local):
     docs = pd.concat(pd.read_parquet(p) for p in sorted(Path(out["docs_dir"]).glob("*.parquet")))
     assert list(docs.columns) == ["id", "text", "source", "n_chars", "n_words"] and docs["id"].is_unique
     assert docs["n_chars"].between(cfg.curate.min_chars, cfg.curate.max_chars).all()
+    # the troff step ran in curate: the docs are text, not markup
+    assert sum(bool(re.search(r"^\.(SH|TH|TP) ", t, re.M)) for t in docs["text"]) <= max(1, len(docs) // 50)
     for name, info in manifest["tasks"].items():
         labels = json.loads((root / "tasks" / name / "labels.json").read_text())
         assert labels == info["labels"]
@@ -190,9 +201,6 @@ def test_curate_run_shards_manifest_reuse(run_dir, ray_local):
 # --- user files: bad input, decontamination ---------------------------------------------------------------------
 
 
-PROSE = ("The pipeline reads plain text files and turns them into training data for a small language model. "
-         "Every document is cleaned, deduplicated and filtered before it is tokenized. ")
-
 
 @needs_man
 def test_files_bad_input_and_decontamination(run_dir, tmp_path, ray_local, caplog):
@@ -201,28 +209,28 @@ def test_files_bad_input_and_decontamination(run_dir, tmp_path, ray_local, caplo
     # a held-out example of the man tasks, planted in the user's corpus twice: as is, and as the full page
     cfg0 = small_cfg(run_dir)
     harvest = hv.harvest_man(cfg0)
-    records = {r["id"]: r for r in hv.read_raw(harvest["raw_dir"])}
+    records = {r["id"]: {**r, "text": strip_troff(r["text"])} for r in hv.read_raw(harvest["raw_dir"])}
     section = next(t for t in tk.build_tasks(list(records.values()), cfg0, "man") if t.name == "man_section")
     long_ex = next(r for r in section.splits["test"] if len(normalize(records[r["id"]]["text"])) > 2100)
     short_ex = next(r for r in section.splits["test"] if r["id"] != long_ex["id"])
 
     data = tmp_path / "corpus"
     data.mkdir()
-    good = [{"id": f"g{i}", "text": f"Document {i}. " + PROSE * (1 + i % 3)} for i in range(6)]
+    good = [{"id": f"g{i}", "text": f"Document {i}. " + prose(i, 4 + i % 3)} for i in range(6)]
     (data / "good.jsonl").write_text("".join(json.dumps(r) + "\n" for r in good))
     (data / "mixed.jsonl").write_text(
-        json.dumps({"id": "m1", "text": "Mixed one. " + PROSE}) + "\n"
+        json.dumps({"id": "m1", "text": "Mixed one. " + prose(11)}) + "\n"
         + '{"id": "m2", "text": "unterminated\n'
         + json.dumps({"id": "m3", "body": "no text field"}) + "\n"
-        + json.dumps({"text": "Mixed four has no id. " + PROSE}) + "\n"
+        + json.dumps({"text": "Mixed four has no id. " + prose(12)}) + "\n"
     )
     (data / "latin1.jsonl").write_bytes(
-        (json.dumps({"id": "l1", "text": "Fine line. " + PROSE}) + "\n").encode()
+        (json.dumps({"id": "l1", "text": "Fine line. " + prose(13)}) + "\n").encode()
         + b'{"id": "l2", "text": "caf\xe9 au lait"}\n'
     )
     (data / "empty.jsonl").write_bytes(b"")
     (data / "binary.txt").write_bytes(b"first line\nsecond line\n\xff\xfe\x00 third\n")
-    (data / "note.txt").write_text("A plain text note. " + PROSE * 2)
+    (data / "note.txt").write_text("A plain text note. " + prose(14, 9))
     (data / "planted.jsonl").write_text(
         json.dumps({"id": "p1", "text": short_ex["text"]}) + "\n"
         + json.dumps({"id": "p2", "text": records[long_ex["id"]]["text"]}) + "\n"
