@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo smoke test test-fast deploy bench-install clean
+.PHONY: install demo smoke test test-fast deploy bench-install bench clean
 
 # torch==2.13.0 (CPU) is pinned: pip takes the local CPU wheel; a looser spec would download a CUDA build.
 $(STAMP): pyproject.toml constraints.txt
@@ -34,6 +34,10 @@ deploy: install  ## register the Prefect deployments of flows/prefect.yaml (need
 
 bench-install: install  ## the peers that benchmarks/ measure modpipe against (datatrove + spaCy)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'
+
+BENCH_ARGS ?= --repeat 2
+bench: install  ## (after `make bench-install`) curate vs datatrove on the man-page corpus, same run; JSON under benchmarks/results/
+	$(BIN)/python benchmarks/curate_vs_datatrove.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs/ .pytest_cache
