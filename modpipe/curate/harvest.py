@@ -286,6 +286,17 @@ def pydoc_records(modules: tuple[str, ...] = PYDOC_MODULES) -> list[dict]:
     return records
 
 
+def _pydoc_records_fresh() -> list[dict]:
+    """``pydoc_records()`` in a fresh interpreter: what a module exposes depends on what else was imported (lazy
+    ``concurrent.futures`` attributes, libraries that wrap ``inspect`` functions), and the corpus must not."""
+    import subprocess
+    import sys
+
+    code = "import json, sys; from modpipe.curate.harvest import pydoc_records; json.dump(pydoc_records(), sys.stdout)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    return json.loads(out.stdout)
+
+
 def harvest_pydocs(cfg: PipelineConfig, reason: str = "") -> dict[str, Any]:
     import sys
 
@@ -293,7 +304,7 @@ def harvest_pydocs(cfg: PipelineConfig, reason: str = "") -> dict[str, Any]:
     step = lineage.StepDir(cfg.run_path / "raw", "pydocs", fp)
     if not step.done():
         t0 = time.perf_counter()
-        records = pydoc_records()
+        records = _pydoc_records_fresh()
         stats = {"kind": "pydocs", "records": len(records), "fallback_reason": reason,
                  "per_group": dict(Counter(r["package"] for r in records)),
                  "seconds": round(time.perf_counter() - t0, 2)}
