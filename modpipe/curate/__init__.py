@@ -262,9 +262,11 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             read["removed"] += len(ingest_rejects)
             read["removed_by_reason"] = dict(Counter(read["removed_by_reason"]) + ingest_counts)
         stats = {
-            "corpus": {"kind": raw["kind"], "raw_dir": raw["raw_dir"], "records": raw["records"],
+            # raw step dirs relative to the run dir: the same bytes wherever the run dir lives
+            "corpus": {"kind": raw["kind"], "raw_dir": _rel(raw["raw_dir"], cfg), "records": raw["records"],
                        "stats": _deterministic(json.loads(Path(raw["stats"]).read_text()))},
-            "harvest": {"kind": harvest["kind"], "raw_dir": harvest["raw_dir"], "records": harvest["records"]},
+            "harvest": {"kind": harvest["kind"], "raw_dir": _rel(harvest["raw_dir"], cfg),
+                        "records": harvest["records"]},
             "shards": len(parts),
             "steps": step_stats + [
                 {"name": "tokenize", "in": n_kept, "out": n_kept, "removed": 0, "tokens": n_doc_tokens},
@@ -295,3 +297,8 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
 def _deterministic(stats: dict) -> dict:
     """A raw step's stats without its timing (stats.json must not change between identical runs)."""
     return {k: v for k, v in stats.items() if k != "seconds"}
+
+
+def _rel(path: str, cfg: PipelineConfig) -> str:
+    p = Path(path)
+    return str(p.relative_to(cfg.run_path)) if p.is_relative_to(cfg.run_path) else str(p)
