@@ -394,6 +394,34 @@ class TuneConfig(_Section):
         return v
 
 
+class TransferConfig(_Section):
+    """Transfer evaluation (``modpipe transfer``): every task x module method through the adapt stage, a
+    sample-efficiency curve over train fractions, the router over the other tasks' modules, external baselines."""
+
+    methods: list[ModuleMethod] = ["lora", "ia3", "prefix", "bottleneck", "linear_probe", "full"]
+    """Methods trained on the whole train split (``adapt.train_fraction`` = 1); ``full`` is the reference."""
+    fractions: list[float] = [0.01, 0.1, 1.0]
+    """Train fractions of the sample-efficiency curve."""
+    curve_methods: list[ModuleMethod] = ["lora", "linear_probe", "full"]
+    """Methods also trained at every fraction below 1 (each costs one adapt run per fraction)."""
+    tasks: list[str] = []
+    """Tasks evaluated; empty: those ``adapt`` would train."""
+    metric: Literal["test_macro_f1", "test_accuracy"] = "test_macro_f1"
+    """Headline metric of the table and the curve (the others are reported beside it)."""
+    router: bool = True
+    """Per task, a learned router over the other tasks' LoRA modules, next to that task's fresh LoRA module."""
+    router_epochs: int = 30
+    langid_task: str = "man_language"
+    """Task that also gets the offline language-ID baseline (py3langid); skipped when absent."""
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 < f <= 1.0 for f in v):
+            raise ValueError("each fraction must be in (0, 1]")
+        return sorted(set(v))
+
+
 class PublishConfig(_Section):
     """The gate and the MLflow model registry that modules which pass it are published to."""
 
@@ -429,6 +457,7 @@ class PipelineConfig(_Section):
     pretrain: PretrainConfig = PretrainConfig()
     adapt: AdaptConfig = AdaptConfig()
     tune: TuneConfig = TuneConfig()
+    transfer: TransferConfig = TransferConfig()
     publish: PublishConfig = PublishConfig()
     ray: RayConfig = RayConfig()
 
