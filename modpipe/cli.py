@@ -180,6 +180,25 @@ def publish(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     _stage("publish", config, set_)
 
 
+@app.command()
+def transfer(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Transfer report: every task x module method (and train fraction), router, external baselines; HTML + PNG."""
+    _setup_logging()
+
+    def go():
+        from modpipe.evaluate import transfer as stage
+        from modpipe.pipeline import run_stage
+
+        cfg = _load(config, set_)
+        curated = run_stage(cfg, "curate")
+        backbone = run_stage(cfg, "pretrain", curated=curated)["backbone"]
+        out = stage.run(cfg, backbone, curated["tasks_dir"])
+        console.print(f"transfer report: {out['report']}")
+        return {k: v for k, v in out.items() if k != "rows"}
+
+    _emit(_guard(go))
+
+
 @registry_app.command("list")
 def registry_list(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """List registered modules with versions, aliases and lineage tags."""
