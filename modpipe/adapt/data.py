@@ -112,3 +112,24 @@ def load_task(tasks_dir: str | Path, name: str) -> Task:
     digests = {s: sha256_file(root / f"{s}.parquet") for s in SPLITS}
     digests["labels"] = sha256_file(root / LABELS_FILE)
     return Task(name, root, labels, splits, digests)
+
+
+def stratified_subset(split: Split, fraction: float, seed: int) -> Split:
+    """A seeded, label-stratified ``fraction`` of a split (``ceil(fraction * n_label)`` rows of each label, at
+    least one), rows kept in file order; ``fraction`` 1 returns the split itself."""
+    import math
+
+    import numpy as np
+
+    if fraction >= 1.0:
+        return split
+    if not 0.0 < fraction:
+        raise ValueError(f"train fraction must be in (0, 1], got {fraction}")
+    rng = np.random.default_rng([seed, 7919])
+    keep: list[int] = []
+    for label in sorted(set(split.label_ids)):
+        rows = [i for i, y in enumerate(split.label_ids) if y == label]
+        take = max(1, math.ceil(fraction * len(rows)))
+        keep += [rows[j] for j in rng.permutation(len(rows))[:take]]
+    keep.sort()
+    return Split([split.ids[i] for i in keep], [split.texts[i] for i in keep], [split.label_ids[i] for i in keep])

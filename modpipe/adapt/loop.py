@@ -1,9 +1,9 @@
-"""What each Ray Train worker runs for one task: LoRA + ``score`` head on the frozen backbone.
+"""What each Ray Train worker runs for one task: a module (``job["method"]``) + head on the backbone.
 
-config -> setup -> data -> model (PEFT LoRA, backbone frozen) -> optimizer -> resume -> epochs.
+config -> setup -> data -> model (module kind, head, freeze policy) -> optimizer -> resume -> epochs.
 
-Every epoch ends with a validation pass (val rows split over the ranks, predictions gathered) and a
-``ray.train.report`` from every rank (a barrier): rank 0 attaches a checkpoint with the PEFT adapter
+Every epoch ends with a validation pass (val rows split over the ranks, probabilities gathered) and a
+``ray.train.report`` from every rank (a barrier): rank 0 attaches a checkpoint with the module's weight files
 (``adapter/``, safetensors), the optimizer state and the run state, the other ranks attach none. Ray Train V2
 keeps only metrics that come with a checkpoint, so every epoch's metrics ride on one. A rerun under the same
 run name resumes after the latest reported epoch. Per-rank batch = ``batch_size``; global = ``batch_size * world``.
@@ -15,10 +15,11 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ADAPTER_DIR = "adapter"  # PEFT save_pretrained inside a Ray checkpoint
+ADAPTER_DIR = "adapter"  # the module's weight files inside a Ray checkpoint
 OPTIM_FILE = "optimizer.pt"  # torch AdamW state (tensors and numbers only: loaded with weights_only=True)
 STATE_FILE = "train_state.json"
 
@@ -34,61 +35,86 @@ def _logger(rank: int, task: str) -> logging.Logger:
     return log
 
 
-# ---------------------------------------------------------------- model policy (shared with the driver)
+# ---------------------------------------------------------------- the trainable model (shared with tests)
 
 
-def build_model(backbone: str, num_labels: int, lora: dict[str, Any], seed: int):
-    """``AutoModelForSequenceClassification`` on the backbone + LoRA (task SEQ_CLS: ``score`` is trainable and
-    saved through ``modules_to_save``); every backbone weight is frozen."""
+def module_spec(job: dict[str, Any]) -> dict[str, Any]:
+    """``{"method", "head", "config"}`` of a job; the config is the job's section for the method (``lora`` for
+    LoRA, which the tune stage overrides per trial)."""
+    from modpipe.models.modules import get_method
+
+    section = get_method(job["method"]).config_section
+    return {"method": job["method"], "head": job["head"], "config": dict(job[section]) if section else {}}
+
+
+@dataclass
+class Trainable:
+    """A module model ready to train: which weights train, at which rates, and when they unlock."""
+
+    model: Any
+    spec: dict[str, Any]
+    backbone_params: int
+    num_layers: int
+    opened: list[str] = field(default_factory=list)
+    """Backbone weights the freeze policy lets train (progressive: over time)."""
+    unfreezer: Any = None
+
+    def trained_backbone(self, steps_done: int) -> list[str]:
+        """Backbone weights that did train in ``steps_done`` steps (saved beside the module)."""
+        if self.spec["method"] == "full":
+            return []  # the module itself holds every weight
+        return self.unfreezer.trainable_names(steps_done) if self.unfreezer else list(self.opened)
+
+    def trainable_params(self, steps_done: int) -> int:
+        """Effective trainable parameters: the module's, the head's and the backbone weights that trained."""
+        opened = set(self.opened)
+        own = sum(p.numel() for n, p in self.model.named_parameters() if p.requires_grad and n not in opened)
+        params = dict(self.model.named_parameters())
+        if self.spec["method"] == "full":
+            return own + sum(params[n].numel() for n in opened)
+        return own + sum(params[n].numel() for n in self.trained_backbone(steps_done))
+
+
+def build_trainable(backbone: str, num_labels: int, job: dict[str, Any]) -> Trainable:
+    """Module + head on the backbone (seeded), the freeze policy applied, activation checkpointing if asked."""
+    from modpipe.models import freeze
+    from modpipe.models.modules import _classifier, build_task_model, num_blocks
+
+    spec = module_spec(job)
+    model, n_backbone = build_task_model(backbone, num_labels, spec, job["seed"])
+    layers = num_blocks(model)
+    policy = job["freeze"]
+    opened = freeze.apply_policy(model, policy, layers, spec["method"])
+    unfreezer = None
+    if policy["policy"] == "progressive" and spec["method"] != "full":
+        named = dict(model.named_parameters())
+        unfreezer = freeze.Unfreezer([(n, named[n]) for n in opened], layers, policy["unfreeze_every"])
+    if policy["gradient_checkpointing"]:
+        freeze.enable_checkpointing(_classifier(model))
+    return Trainable(model, spec, n_backbone, layers, opened, unfreezer)
+
+
+def make_optimizer(t: Trainable, lr: float, weight_decay: float, layer_lr_decay: float):
     import torch
-    from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification
 
-    from modpipe.models.backbone import PAD_ID
+    from modpipe.models.freeze import param_groups
 
-    torch.manual_seed(seed)  # the fresh `score` head and LoRA A matrices
-    base = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=num_labels)
-    if base.config.pad_token_id is None:  # the classifier pools the last non-pad token
-        base.config.pad_token_id = PAD_ID
-    peft_cfg = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=int(lora["r"]), lora_alpha=int(lora["alpha"]),
-        lora_dropout=float(lora["dropout"]), target_modules=list(lora["target_modules"]),
-    )
-    return get_peft_model(base, peft_cfg)
+    return torch.optim.AdamW(param_groups(t.model, lr, weight_decay, layer_lr_decay, t.num_layers), lr=lr)
 
 
-def load_module(backbone: str, num_labels: int, module_dir: str | Path):
-    """The loading contract: the backbone's classifier + ``PeftModel.from_pretrained`` of a module dir."""
-    from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
+def train_step(model, opt, enc: dict, y, step: int, unfreezer=None):
+    """One optimizer step on a tokenized batch (``enc``: input_ids, attention_mask (B, T); ``y``: (B,)); the
+    blocks progressive unfreezing still locks get no update. Returns the loss (detached)."""
+    import torch.nn.functional as F
 
-    base = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=num_labels)
-    return PeftModel.from_pretrained(base, str(module_dir)).eval()
-
-
-def param_counts(model) -> tuple[int, int]:
-    """(trainable, total) parameters."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
-
-
-def predict(model, tokenizer, texts: list[str], max_length: int, batch_size: int, device=None) -> list[int]:
-    """Arg-max class ids, batches in the given order (right padding; the head pools the last real token)."""
-    import torch
-
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    preds: list[int] = []
-    with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i:i + batch_size], truncation=True, max_length=max_length, padding=True,
-                            return_tensors="pt")
-            logits = model(input_ids=enc["input_ids"].to(device),
-                           attention_mask=enc["attention_mask"].to(device)).logits  # (B, K)
-            preds += logits.argmax(-1).tolist()
-    model.train(was_training)
-    return preds
+    logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits  # (B, K)
+    loss = F.cross_entropy(logits.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()  # DDP all-reduces the trainable gradients here
+    if unfreezer is not None:
+        unfreezer.mask_grads(step)
+    opt.step()
+    return loss.detach()
 
 
 def epoch_order(n: int, world: int, seed: int, epoch: int):
@@ -110,16 +136,17 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
 
     # ---------------------------------------------------------------- setup
+    import numpy as np
     import ray.train
     import ray.train.torch
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel
     from transformers import AutoTokenizer
 
-    from modpipe.adapt.data import read_split
-    from modpipe.evaluate import classification_metrics
+    from modpipe.adapt.data import read_split, stratified_subset
+    from modpipe.evaluate import classification_metrics, peak_memory_mb
+    from modpipe.models.modules import encode, get_method, load_weights, predict_proba
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -128,37 +155,38 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     log = _logger(rank, task)
 
     # ---------------------------------------------------------------- data
-    train = read_split(job["task_dir"], "train", num_labels)
+    train = stratified_subset(read_split(job["task_dir"], "train", num_labels), job["train_fraction"], seed)
     val = read_split(job["task_dir"], "val", num_labels)
-    tokenizer = AutoTokenizer.from_pretrained(backbone)  # <pad> = 0, right padding
+    tokenizer = AutoTokenizer.from_pretrained(backbone)  # <pad> = 0
+    padding_side = get_method(job["method"]).padding_side
     steps_per_epoch = -(-len(epoch_order(len(train), world, seed, 0)) // world // batch_size)
-    log.info("data: %d train / %d val rows, %d labels, %d steps/epoch/rank (batch %d x %d ranks)",
-             len(train), len(val), num_labels, steps_per_epoch, batch_size, world)
+    log.info("data: %d train (fraction %g) / %d val rows, %d labels, %d steps/epoch/rank (batch %d x %d ranks)",
+             len(train), job["train_fraction"], len(val), num_labels, steps_per_epoch, batch_size, world)
 
     # ---------------------------------------------------------------- model
-    model = build_model(backbone, num_labels, job["lora"], seed)
-    trainable, total = param_counts(model)
-    log.info("model: %d trainable / %d parameters (%.3f%%): LoRA r=%s on %s + score head; backbone frozen",
-             trainable, total, 100.0 * trainable / total, job["lora"]["r"], ",".join(job["lora"]["target_modules"]))
-    model = ray.train.torch.prepare_model(model)  # to device; DDP when world > 1
-    core = model.module if isinstance(model, DistributedDataParallel) else model  # the PeftModel
+    t = build_trainable(backbone, num_labels, job)
+    policy = job["freeze"]
+    log.info("model: %s module + %s head, freeze %s (%d backbone weights may train%s), lr decay %g, "
+             "checkpointing %s; %d trainable at start / %d backbone parameters",
+             job["method"], job["head"], policy["policy"], len(t.opened),
+             f", one more block every {policy['unfreeze_every']} steps" if t.unfreezer else "",
+             policy["layer_lr_decay"], "on" if policy["gradient_checkpointing"] else "off",
+             t.trainable_params(0), t.backbone_params)
+    model = ray.train.torch.prepare_model(t.model)  # to device; DDP when world > 1
+    core = model.module if isinstance(model, DistributedDataParallel) else model
 
     # ---------------------------------------------------------------- optimizer
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=job["lr"],
-                            weight_decay=job["weight_decay"])
+    opt = make_optimizer(t, job["lr"], job["weight_decay"], policy["layer_lr_decay"])
 
     # ---------------------------------------------------------------- resume
-    state: dict[str, Any] = {"epoch": 0, "history": [], "started_at": started}
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "started_at": started}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
         with checkpoint.as_directory() as ckpt:
-            set_peft_model_state_dict(core, load_file(str(Path(ckpt, ADAPTER_DIR, "adapter_model.safetensors"))))
+            load_weights(core, job["method"], Path(ckpt, ADAPTER_DIR))
             opt.load_state_dict(torch.load(Path(ckpt, OPTIM_FILE), map_location=device, weights_only=True))
-            state = json.loads(Path(ckpt, STATE_FILE).read_text())
-        log.info("resumed after epoch %d", state["epoch"])
+            state = {"step": 0, **json.loads(Path(ckpt, STATE_FILE).read_text())}
+        log.info("resumed after epoch %d (step %d)", state["epoch"], state["step"])
 
     # ---------------------------------------------------------------- epochs
     for epoch in range(state["epoch"] + 1, epochs + 1):
@@ -168,50 +196,54 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
         n_steps = 0
         for start in range(0, len(mine), batch_size):
             idx = mine[start:start + batch_size]
-            enc = tokenizer([train.texts[i] for i in idx], truncation=True, max_length=max_length,
-                            padding=True, return_tensors="pt")
+            enc = encode(tokenizer, [train.texts[i] for i in idx], max_length, padding_side)
+            enc = {k: v.to(device) for k, v in enc.items()}
             y = torch.tensor([train.label_ids[i] for i in idx], device=device)  # (B,)
-            logits = model(input_ids=enc["input_ids"].to(device),
-                           attention_mask=enc["attention_mask"].to(device)).logits  # (B, K)
-            loss = F.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # DDP all-reduces the LoRA + head gradients here
-            opt.step()
-            loss_sum += loss.detach()
+            loss_sum += train_step(model, opt, enc, y, state["step"], t.unfreezer)
+            state["step"] += 1
             n_steps += 1
         if distributed:
             dist.all_reduce(loss_sum)
         train_loss = loss_sum.item() / max(1, n_steps * world)
 
-        # validation: rows rank::world on each rank, predictions gathered so every rank sees all of them
+        # validation: rows rank::world on each rank, probabilities gathered so every rank sees all of them
         val_idx = list(range(rank, len(val), world))
-        val_pred = predict(core, tokenizer, [val.texts[i] for i in val_idx], max_length, batch_size, device)
+        val_probs = predict_proba(core, tokenizer, [val.texts[i] for i in val_idx], max_length, batch_size,
+                                  device, padding_side)
         if distributed:
             parts: list = [None] * world
-            dist.all_gather_object(parts, (val_idx, val_pred))
-            by_row = {i: p for idx_part, pred_part in parts for i, p in zip(idx_part, pred_part)}
-            val_pred = [by_row[i] for i in range(len(val))]
-        metrics = classification_metrics(val.label_ids, val_pred, prefix="val_")
-        metrics.update(epoch=epoch, train_loss=round(train_loss, 5), n_train=len(train), n_val=len(val),
-                       trainable_params=trainable, total_params=total, world_size=world,
-                       started_at=state["started_at"], reported_at=time.time())
-        log.info("epoch %d/%d | train loss %.4f | val acc %.3f | val macro-F1 %.3f", epoch, epochs, train_loss,
-                 metrics["val_accuracy"], metrics["val_macro_f1"])
+            dist.all_gather_object(parts, (val_idx, val_probs))
+            by_row = {i: p for idx_part, probs_part in parts for i, p in zip(idx_part, probs_part)}
+            val_probs = np.stack([by_row[i] for i in range(len(val))])
+        metrics = classification_metrics(val.label_ids, val_probs.argmax(-1), prefix="val_", probs=val_probs,
+                                         num_labels=num_labels)
+        trainable = t.trainable_params(state["step"])
+        metrics.update(epoch=epoch, step=state["step"], train_loss=round(train_loss, 5), n_train=len(train),
+                       n_val=len(val), trainable_params=trainable, backbone_params=t.backbone_params,
+                       total_params=sum(p.numel() for p in core.parameters()), world_size=world,
+                       trained_backbone_weights=len(t.trained_backbone(state["step"])),
+                       peak_memory_mb=peak_memory_mb(device), started_at=state["started_at"],
+                       reported_at=time.time())
+        log.info("epoch %d/%d | train loss %.4f | val acc %.3f | val macro-F1 %.3f | %d trainable (%.3f%%)",
+                 epoch, epochs, train_loss, metrics["val_accuracy"], metrics["val_macro_f1"], trainable,
+                 100.0 * trainable / t.backbone_params)
         state["epoch"] = epoch
         state["history"].append(metrics)
-        _report(core, opt, state, metrics, rank)
-    return {"epochs": state["epoch"], "trainable_params": trainable, "total_params": total}
+        _report(core, t, opt, state, metrics, rank)
+    return {"epochs": state["epoch"], "trainable_params": t.trainable_params(state["step"])}
 
 
-def _report(core, opt, state: dict, metrics: dict, rank: int) -> None:
-    """All ranks report (a barrier); rank 0 attaches the adapter + optimizer + state as the checkpoint."""
+def _report(core, t: Trainable, opt, state: dict, metrics: dict, rank: int) -> None:
+    """All ranks report (a barrier); rank 0 attaches the module + optimizer + state as the checkpoint."""
     import ray.train
     import torch
+
+    from modpipe.models.modules import save_weights
 
     with tempfile.TemporaryDirectory(prefix="modpipe-adapt-") as tmp:
         checkpoint = None
         if rank == 0:
-            core.save_pretrained(Path(tmp, ADAPTER_DIR))  # adapter_model.safetensors + adapter_config.json
+            save_weights(core, t.spec["method"], Path(tmp, ADAPTER_DIR), t.trained_backbone(state["step"]))
             torch.save(opt.state_dict(), Path(tmp, OPTIM_FILE))
             Path(tmp, STATE_FILE).write_text(json.dumps(state, indent=1))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)

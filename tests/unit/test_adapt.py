@@ -11,6 +11,7 @@ import importlib
 import inspect
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -139,6 +140,7 @@ def world(tmp_path_factory):
     for split in ("train", "val"):
         pq.write_table(pa.table({"id": ["x"], "text": ["some text"], "label": ["a"],
                                  "label_id": pa.array([0], pa.int64())}), broken / f"{split}.parquet")
+    shutil.copytree(tasks_dir / "doc_module", tasks_dir / "doc_ia3")  # trained with an unusable IA3 config
     return {"root": root, "backbone": backbone, "tasks_dir": tasks_dir, "tasks": tasks}
 
 
@@ -146,10 +148,16 @@ def world(tmp_path_factory):
 def adapted(world, ray_local):
     from modpipe import adapt
 
-    cfg = adapt_cfg(world["root"] / "run", world["tasks"] + ["broken"])
+    # doc_module: LoRA (the default); doc_kind: the bottleneck adapter; doc_ia3: IA3 aimed at projections this
+    # backbone lacks, so its worker fails on every attempt: retried once, then reported, the others unaffected
+    cfg = adapt_cfg(world["root"] / "run", world["tasks"] + ["broken", "doc_ia3"], task_retries=1, **{
+        "methods": json.dumps({"doc_kind": "bottleneck", "doc_ia3": "ia3"}), "ia3.target_modules": "[no_such_proj]",
+        "ia3.feedforward_modules": "[]"})
     before = weight_digests(world["backbone"])
     out = adapt.run(cfg, str(world["backbone"]), str(world["tasks_dir"]))
-    return {"cfg": cfg, "out": out, "weights_before": before}
+    # the trained tasks again, without the failing one: a task's module dir depends on its own method only
+    rerun = adapt_cfg(world["root"] / "run", world["tasks"], methods=json.dumps({"doc_kind": "bottleneck"}))
+    return {"cfg": cfg, "rerun_cfg": rerun, "out": out, "weights_before": before}
 
 
 # ---------------------------------------------------------------- tests without Ray
@@ -217,27 +225,39 @@ def test_modules_written_with_metrics_and_manifest(adapted, world):
 
     out = adapted["out"]
     assert set(out["modules"]) == set(world["tasks"])
-    assert set(out["failed"]) == {"broken"} and "test.parquet: missing" in out["failed"]["broken"]
-    for task in world["tasks"]:
+    assert set(out["failed"]) == {"broken", "doc_ia3"} and "test.parquet: missing" in out["failed"]["broken"]
+    assert "training failed" in out["failed"]["doc_ia3"] and "(failed 2 time(s))" in out["failed"]["doc_ia3"]
+    for task, method in zip(world["tasks"], ("lora", "bottleneck")):
         mdir = Path(out["modules"][task])
         assert mdir.parent == adapted["cfg"].run_path / "adapt" and mdir.name.startswith(f"{task}-")
         assert (mdir / "adapter_model.safetensors").is_file() and (mdir / "adapter_config.json").is_file()
         assert not list(mdir.glob("*.bin")) and not list(mdir.glob("*.pt"))
         m = json.loads(Path(out["metrics"][task]).read_text())
-        for k in ("test_accuracy", "test_macro_f1", "val_accuracy", "val_macro_f1"):
+        for k in ("test_accuracy", "test_macro_f1", "test_auroc_ovr", "test_ece", "val_accuracy", "val_macro_f1",
+                  "val_auroc_ovr", "val_ece"):
             assert 0.0 <= m[k] <= 1.0, (k, m[k])
         assert (m["n_train"], m["n_val"], m["n_test"]) == (60, 15, 24)
+        assert (m["method"], m["head"], m["freeze_policy"], m["train_fraction"]) == (method, "linear", "frozen", 1.0)
         assert 0 < m["trainable_params"] < 0.2 * m["total_params"]
+        assert m["trainable_pct"] == pytest.approx(100 * m["trainable_params"] / m["backbone_params"], abs=1e-3)
         assert m["train_seconds"] > 0 and [h["epoch"] for h in m["history"]] == [1, 2]
+        assert m["peak_memory_mb"] > 0 and m["latency_ms_per_batch"] > 0
         module = json.loads((mdir / "module.json").read_text())
         assert module["task"] == task and module["num_labels"] == len(module["labels"])
         assert module["backbone_fingerprint"] == read_backbone_fingerprint(world["backbone"])
-        assert module["lora"]["r"] == 4 and module["seed"] == 0
+        assert module["seed"] == 0 and module["method"] == method and module["module"]["head"] == "linear"
+        if method == "lora":
+            assert module["lora"]["r"] == 4 and module["module"]["family"] == "parameter"
+        else:
+            assert module["bottleneck"]["placement"] == "pfeiffer" and module["module"]["family"] == "function"
+        assert module["hidden_size"] == 32 and module["tokenizer_sha256"] == sha256_file(
+            world["backbone"] / "tokenizer.json")
         assert module["train_data_digest"] == sha256_file(world["tasks_dir"] / task / "train.parquet")
         assert set(module["files"]) == {p.name for p in mdir.iterdir()} - {"module.json", "provenance.json"}
         assert all(sha256_file(mdir / f) == h for f, h in module["files"].items())
         adapter_cfg = json.loads((mdir / "adapter_config.json").read_text())
-        assert adapter_cfg["task_type"] == "SEQ_CLS" and "score" in adapter_cfg["modules_to_save"]
+        assert "score" in adapter_cfg["modules_to_save"]
+        assert adapter_cfg.get("task_type") == "SEQ_CLS" if method == "lora" else adapter_cfg["method"] == method
 
 
 @pytest.mark.slow
@@ -258,33 +278,45 @@ def test_backbone_weights_bitwise_unchanged(adapted, world):
 
 @pytest.mark.slow
 def test_module_reloads_and_reproduces_test_predictions(adapted, world):
+    """Both loaders give the recorded predictions: PEFT's own (the files are PEFT format) and load_module (the
+    contract-checking one); the recorded metrics are those of these predictions."""
+    import numpy as np
     import torch
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from modpipe.evaluate import classification_metrics
+    from modpipe.models.modules import load_module, predict_proba
 
     tokenizer = AutoTokenizer.from_pretrained(world["backbone"])
     for task in world["tasks"]:
         mdir = Path(adapted["out"]["modules"][task])
+        test = pq.read_table(world["tasks_dir"] / task / "test.parquet").to_pydict()
+        recorded = pq.read_table(mdir / "test_predictions.parquet").to_pydict()
+        probs = predict_proba(load_module(world["backbone"], mdir), tokenizer, test["text"], 64, 16)
+        preds = probs.argmax(-1).tolist()
+        assert recorded["id"] == test["id"] and recorded["pred_id"] == preds
+        np.testing.assert_allclose(probs, np.array(recorded["probs"]), atol=1e-6)
+        m = json.loads((mdir / "metrics.json").read_text())
+        expected = classification_metrics(test["label_id"], preds, prefix="test_", probs=probs)
+        for k in ("test_accuracy", "test_macro_f1", "test_auroc_ovr", "test_ece"):
+            assert m[k] == pytest.approx(expected[k], abs=1e-6), k
+        weights = load_file(str(mdir / "adapter_model.safetensors"))
+        if m["method"] == "bottleneck":  # up-projections start at zero: non-zero means the adapters trained
+            assert any(v.abs().sum() > 0 for k, v in weights.items() if k.endswith("up.weight"))
+            continue
         labels = json.loads((mdir / "module.json").read_text())["labels"]
         base = AutoModelForSequenceClassification.from_pretrained(world["backbone"], num_labels=len(labels))
         model = PeftModel.from_pretrained(base, str(mdir)).eval()
-        test = pq.read_table(world["tasks_dir"] / task / "test.parquet").to_pydict()
-        preds = []
+        peft_preds = []
         with torch.no_grad():
             for i in range(0, len(test["text"]), 16):  # the module's recorded batch size
                 enc = tokenizer(test["text"][i:i + 16], truncation=True, max_length=64, padding=True,
                                 return_tensors="pt")
-                preds += model(**enc).logits.argmax(-1).tolist()
-        recorded = pq.read_table(mdir / "test_predictions.parquet").to_pydict()
-        assert recorded["id"] == test["id"] and recorded["pred_id"] == preds
-        m = json.loads((mdir / "metrics.json").read_text())
-        assert classification_metrics(test["label_id"], preds, prefix="test_") == {
-            "test_accuracy": m["test_accuracy"], "test_macro_f1": m["test_macro_f1"]}
+                peft_preds += model(**enc).logits.argmax(-1).tolist()
+        assert peft_preds == preds
         # LoRA B starts at zero: non-zero B means the adapter really trained
-        weights = load_file(str(mdir / "adapter_model.safetensors"))
         lora_b = [v for k, v in weights.items() if "lora_B" in k]
         assert lora_b and any(v.abs().sum() > 0 for v in lora_b)
         assert any("score" in k for k in weights)
@@ -296,7 +328,7 @@ def test_rerun_reuses_step_dirs(adapted, world):
 
     first = adapted["out"]
     provenance = {t: (Path(d) / "provenance.json").read_text() for t, d in first["modules"].items()}
-    again = adapt.run(adapted["cfg"], str(world["backbone"]), str(world["tasks_dir"]))
+    again = adapt.run(adapted["rerun_cfg"], str(world["backbone"]), str(world["tasks_dir"]))
     assert again["modules"] == first["modules"] and again["metrics"] == first["metrics"]
     assert {t: (Path(d) / "provenance.json").read_text() for t, d in again["modules"].items()} == provenance
 
@@ -346,3 +378,63 @@ def test_rerun_of_a_ray_run_resumes_from_its_latest_epoch(world, ray_local):
     # epoch 2 ran in a new worker process, yet it continued the first run's state (its start time)
     assert state["started_at"] == first.best_checkpoints[0][1]["started_at"]
     assert second.best_checkpoints[1][1]["reported_at"] > first.best_checkpoints[0][1]["reported_at"]
+
+
+# ---------------------------------------------------------------- scheduling: resources, waves, retries
+
+
+def test_scheduler_keeps_within_capacity_runs_in_waves_and_retries(ray_local, tmp_path):
+    import ray
+
+    from modpipe.adapt.schedule import Job, capacity, run_jobs
+
+    # defined here so Ray pickles it by value (test modules are not importable in Ray workers)
+    def _timed_job(marker_dir: str, key: str, fail_times: int, seconds: float) -> dict:
+        """A Ray task standing in for one trainer's driver: sleeps, and fails its first ``fail_times`` attempts."""
+        import time
+
+        marker = Path(marker_dir) / key
+        tries = int(marker.read_text()) if marker.exists() else 0
+        marker.write_text(str(tries + 1))
+        start = time.time()
+        time.sleep(seconds)
+        if key == "crash":
+            raise RuntimeError("the trainer's driver crashed")
+        if tries < fail_times:
+            return {"error": f"deliberate failure {tries + 1}"}
+        return {"start": start, "end": time.time()}
+
+    free, total = capacity()
+    assert total["CPU"] == 2 and 0 < free["CPU"] <= 2
+    remote = ray.remote(num_cpus=0, max_retries=0)(_timed_job)
+    jobs = [Job("ok1", {"CPU": 1.0}, ("ok1", 0)), Job("flaky", {"CPU": 1.0}, ("flaky", 1)),
+            Job("ok2", {"CPU": 1.0}, ("ok2", 0)), Job("hopeless", {"CPU": 1.0}, ("hopeless", 9)),
+            Job("crash", {"CPU": 1.0}, ("crash", 0)), Job("huge", {"CPU": 3.0, "GPU": 1.0}, ("huge", 0))]
+    sched = run_jobs(jobs, lambda p: remote.remote(str(tmp_path), p[0], p[1], 0.3), retries=1,
+                     free={"CPU": 2.0}, total={"CPU": 2.0})
+    r = sched.results
+    assert r["huge"]["attempts"] == 0 and "whole Ray cluster" in r["huge"]["error"]  # never waited for
+    assert not (tmp_path / "huge").exists()
+    assert "error" not in r["ok1"] and "error" not in r["ok2"] and r["ok1"]["attempts"] == 1
+    assert "error" not in r["flaky"] and r["flaky"]["attempts"] == 2 and r["flaky"]["errors"] == [
+        "deliberate failure 1"]
+    assert r["hopeless"]["attempts"] == 2 and "(failed 2 time(s))" in r["hopeless"]["error"]
+    assert r["crash"]["attempts"] == 2 and "the trainer's driver crashed" in r["crash"]["error"]
+    # never more than the 2 CPUs held at once: 5 jobs + 3 retries = 8 launches, in waves
+    assert sched.peak_in_use == {"CPU": 2.0}
+    assert all(held["CPU"] <= 2.0 for _, _, held in sched.launches) and len(sched.launches) == 8
+    spans = [(r[k]["start"], r[k]["end"]) for k in ("ok1", "ok2", "flaky")]
+    for t in [s for s, _ in spans]:
+        assert sum(1 for s, e in spans if s <= t < e) <= 2
+
+
+def test_train_fraction_is_a_seeded_label_stratified_subset():
+    from modpipe.adapt.data import Split, stratified_subset
+
+    labels = [0] * 50 + [1] * 10 + [2] * 2
+    split = Split([str(i) for i in range(62)], [f"t{i}" for i in range(62)], labels)
+    sub = stratified_subset(split, 0.1, seed=0)
+    assert [sub.label_ids.count(c) for c in (0, 1, 2)] == [5, 1, 1]  # ceil(10%), at least one per label
+    assert sub.ids == sorted(sub.ids, key=int)  # file order kept
+    assert stratified_subset(split, 0.1, seed=0).ids == sub.ids != stratified_subset(split, 0.1, seed=1).ids
+    assert stratified_subset(split, 1.0, seed=0) is split
