@@ -223,9 +223,9 @@ class CurateConfig(_Section):
     from the pretraining text."""
     tokenizer_min_frequency: int = 2
     """BPE merges need at least this many occurrences."""
-    docs_per_file: int = 1000
+    docs_per_file: int = 500
     """Records per raw JSONL part: one part is one shard of curation (docs/, quarantine and token shards are
-    written, and resumed, part by part)."""
+    written, and resumed, part by part; several shards per Ray Data worker balance the passes)."""
 
     @field_validator("normalize")
     @classmethod

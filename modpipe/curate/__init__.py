@@ -8,9 +8,11 @@
                quarantined): step dirs under raw/ of JSONL parts.  One part = one shard of curation.
 2. normalize   per shard on Ray Data: read + ``curate.normalize`` steps (``passes.normalize_shard``).
 3. tasks       ``tasks.build_tasks`` from the man harvest, on its normalised text -> tasks/.
-4. dedup       global verdicts over every shard's (id, content key) on the driver (``dedup``).
+4. dedup       global verdicts over every shard's (id, content key, MinHash signature) on the driver: exact
+               and near duplicates (``dedup``).
 5. filter      per shard on Ray Data: dedup verdicts, decontamination against the tasks' val/test splits,
-               quality filters -> docs/ + quarantine part + reason counts (``passes.filter_shard``).
+               quality filters (``filters``: length, Gopher quality + repetition, language), PII scrubbing of the
+               kept docs -> docs/ + quarantine part + reason counts (``passes.filter_shard``).
 6. tokenizer   byte-level BPE trained once on the kept docs, shard by shard -> tokenizer/tokenizer.json.
 7. encode      per shard on Ray Data: ``encode_batch`` + EOS packing -> shards/ (``passes.encode_shard``).
 8. assemble    manifest.json (rows, tokens, sha256 per shard), quarantine/quarantine.jsonl, stats.json.
@@ -88,12 +90,17 @@ def _task_records(harvest: dict, normalized: list[Path] | None, cfg: PipelineCon
     return [{**r, "text": texts.get(r["id"], "")} for r in records]
 
 
-def _dedup_verdicts(normalized: list[Path]) -> dict[str, str]:
-    """{id: detail} of the rows exact dedup removes, over every shard (global)."""
-    from modpipe.curate.dedup import duplicate_ids
+def _dedup_verdicts(normalized: list[Path], minhash) -> tuple[dict[str, str], dict[str, str]]:
+    """({id: detail} exact duplicates, {id: detail} near duplicates) over every shard (global); ``minhash``:
+    ``CurateConfig.minhash`` or None (off)."""
+    from modpipe.curate.dedup import duplicate_ids, near_duplicate_ids
 
-    keys = _read_parquets(normalized, ["id", "key", "reason"])
-    return duplicate_ids(keys[keys["reason"] == ""][["id", "key"]])
+    rows = _read_parquets(normalized, ["id", "key", "reason", "sig"])
+    alive = rows[rows["reason"] == ""]
+    dups = duplicate_ids(alive[["id", "key"]])
+    if minhash is None:
+        return dups, {}
+    return dups, near_duplicate_ids(alive.loc[~alive["id"].isin(dups.keys()), ["id", "sig"]], minhash)
 
 
 def _step_stats(steps: list[tuple[str, tuple[str, ...]]], counts: Counter, n_in: int) -> list[dict]:
@@ -122,11 +129,13 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     from modpipe.curate import tasks as tk
     from modpipe.curate.decontaminate import from_tasks
     from modpipe.curate.filters import Drop, quality_filters
+    from modpipe.curate.pii import PiiScrub
     from modpipe.curate.shards import write_manifest
     from modpipe.curate.tokenize import train_tokenizer
     from modpipe.raycluster import ensure_ray
 
     c = cfg.curate
+    minhash = c.minhash if c.minhash.enabled else None
     harvest = hv.harvest_man(cfg)
     raw = hv.ingest_files(cfg) if cfg.corpus.source == "files" else harvest
     step = lineage.StepDir(cfg.run_path / "curate", "curate", _fingerprint(cfg, raw, harvest))
@@ -155,8 +164,11 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     filtered = paths("filtered", "part-{:05d}.json")
     encoded = paths("encoded", "part-{:05d}.json")
 
+    skipped: dict[str, int] = {}
+
     def pending(markers: list[Path], what: str) -> list[int]:
         todo = [k for k, m in enumerate(markers) if not m.is_file()]
+        skipped[what] = len(markers) - len(todo)
         if resumed and len(todo) < len(markers):
             log.info("curate: %s: resuming, %d of %d shard(s) already done", what, len(markers) - len(todo),
                      len(markers))
@@ -167,7 +179,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     passes.run_pass("normalize", [{"index": idx[k], "part": str(parts[k]), "out": str(normalized[k])}
                                   for k in pending(normalized, "normalize")],
                     passes.normalize_shard, c.parallelism, steps=list(c.normalize),
-                    max_bytes=cfg.corpus.max_record_bytes)
+                    max_bytes=cfg.corpus.max_record_bytes, minhash=minhash)
     timings["normalize"] = time.perf_counter() - t
 
     # 3. tasks, from the man harvest's normalised text
@@ -180,27 +192,34 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     os.replace(work / ".tmp" / "tasks", work / "tasks")
     timings["tasks"] = time.perf_counter() - t
 
-    # 4. global exact dedup -> 5. filter chain, per shard
+    # 4. global exact + MinHash dedup -> 5. filter chain, per shard
     t = time.perf_counter()
     filters = quality_filters(c)
-    decon = from_tasks(task_list, list(c.decontaminate_splits))
+    decon = from_tasks(task_list, list(c.decontaminate_splits), c.decontam)
     todo = pending(filtered, "filter")
-    dups = _dedup_verdicts(normalized) if todo else {}
-    # decontamination before the quality filters, so every contaminated document is listed as such
-    chain = [Drop(dups), decon, *filters]
+    dups, near = _dedup_verdicts(normalized, minhash) if todo else ({}, {})
+    if todo:
+        log.info("curate: dedup: %d exact and %d near duplicates (global)", len(dups), len(near))
+    # decontamination before the quality filters, so every contaminated document is listed as such; PII last:
+    # only kept documents are rewritten
+    chain = [Drop(dups), Drop(near, reason_code="near_duplicate", name="dedup_minhash"), decon, *filters,
+             PiiScrub.from_config(c.pii)]
     read_reasons = ("record_too_large", "invalid_utf8", "nul_byte", "malformed_json", "not_object",
                     "missing_field", "bad_type", "invalid_gzip", "empty_file", "unreadable_file")
     steps = [("read", read_reasons), ("normalize", ("empty_text",)), ("dedup_exact", ("duplicate",)),
-             ("decontaminate", tuple(decon.reasons)), *[(f.name, tuple(f.reasons)) for f in filters]]
+             ("dedup_minhash", ("near_duplicate",)), ("decontaminate", tuple(decon.reasons)),
+             *[(f.name, tuple(f.reasons)) for f in filters]]
     step_of = {r: name for name, reasons in steps for r in reasons}
     passes.run_pass("filter", [{"index": idx[k], "normalized": str(normalized[k]), "docs": str(docs[k]),
                                 "quarantine": str(quarantined[k]), "done": str(filtered[k])} for k in todo],
                     passes.filter_shard, c.parallelism, chain=chain, step_of=step_of)
     counts: Counter = Counter()
+    pii: Counter = Counter()
     n_rows = n_kept = 0
     for m in filtered:
         s = json.loads(m.read_text())
         counts.update(s["reasons"])
+        pii.update(s.get("pii", {}))
         n_rows += s["rows"]
         n_kept += s["kept"]
     counts.pop("", None)
@@ -269,10 +288,13 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
                         "records": harvest["records"]},
             "shards": len(parts),
             "steps": step_stats + [
-                {"name": "tokenize", "in": n_kept, "out": n_kept, "removed": 0, "tokens": n_doc_tokens},
+                {"name": "pii", "in": n_kept, "out": n_kept, "removed": 0, "removed_by_reason": {},
+                 "replaced": {k: pii.get(k, 0) for k in sorted(pii)}},
+                {"name": "tokenize", "in": n_kept, "out": n_kept, "removed": 0, "removed_by_reason": {},
+                 "tokens": n_doc_tokens},
                 {"name": "pack", "in": n_doc_tokens + n_kept, "out": manifest["total_tokens"],
-                 "removed": n_doc_tokens + n_kept - manifest["total_tokens"], "rows": manifest["total_rows"],
-                 "unit": "tokens"},
+                 "removed": n_doc_tokens + n_kept - manifest["total_tokens"], "removed_by_reason": {},
+                 "rows": manifest["total_rows"], "unit": "tokens"},
             ],
             "quarantined": n_quarantined,
             "docs": n_kept,
@@ -280,7 +302,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         }
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
         timings["total"] = time.perf_counter() - t0
-        (tmp / "timings.json").write_text(json.dumps({"resumed": resumed, **{k: round(v, 2)
+        (tmp / "timings.json").write_text(json.dumps({"resumed": resumed, "skipped_shards": skipped, **{k: round(v, 2)
                                                                               for k, v in timings.items()}}))
         for s in step_stats:
             log.info("curate: %-18s in %6d out %6d removed %5d %s", s["name"], s["in"], s["out"], s["removed"],

@@ -4,7 +4,8 @@ atomically (temp file in ``<work>/.tmp`` + ``os.replace``), the file that marks 
 A shard is one raw JSONL part (``part-NNNNN.jsonl``).  For shard ``NNNNN`` under the work dir:
 
 normalize   raw part -> ``normalized/part-NNNNN.parquet``: every raw row (rejects too) with the text through
-            ``curate.normalize`` and n_chars, n_words, key (``normalize.text_key``)
+            ``curate.normalize`` and n_chars, n_words, key (``normalize.text_key``), sig (``dedup.MinHasher``
+            signature of the alive rows, when MinHash dedup is on)
 filter      normalized rows -> the step chain (dedup verdicts, quality filters, PII, decontamination) ->
             ``docs/docs-NNNNN.parquet`` (kept rows, id order), ``quarantine/part-NNNNN.jsonl`` (rejected rows,
             (source, line, id) order), ``filtered/part-NNNNN.json`` (reason counts; the done marker)
@@ -29,7 +30,7 @@ import pandas as pd
 log = logging.getLogger("modpipe.curate")
 
 DOC_COLUMNS = ["id", "text", "source", "n_chars", "n_words"]
-ROW_COLUMNS = ["id", "text", "source", "line", "reason", "detail", "n_chars", "n_words", "key"]
+ROW_COLUMNS = ["id", "text", "source", "line", "reason", "detail", "n_chars", "n_words", "key", "sig"]
 
 
 def shard_name(index: int) -> str:
@@ -62,11 +63,11 @@ def row_schema():
 
     return pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("line", pa.int64()),
                       ("reason", pa.string()), ("detail", pa.string()), ("n_chars", pa.int64()),
-                      ("n_words", pa.int64()), ("key", pa.string())])
+                      ("n_words", pa.int64()), ("key", pa.string()), ("sig", pa.binary())])
 
 
-def normalize_shard(item: dict[str, Any], steps: list[str], max_bytes: int) -> dict[str, Any]:
-    """Raw part -> normalized rows (Ray Data ``map`` over shards)."""
+def normalize_shard(item: dict[str, Any], steps: list[str], max_bytes: int, minhash=None) -> dict[str, Any]:
+    """Raw part -> normalized rows (Ray Data ``map`` over shards); ``minhash``: ``CurateConfig.minhash`` or None."""
     from modpipe.curate import readers
     from modpipe.curate.normalize import apply_steps, count_words, text_key
 
@@ -88,6 +89,12 @@ def normalize_shard(item: dict[str, Any], steps: list[str], max_bytes: int) -> d
     df["n_chars"] = np.array([len(t) for t in df["text"]], dtype=np.int64)
     df["n_words"] = np.array([count_words(t) for t in df["text"]], dtype=np.int64)
     df["key"] = [text_key(t) if t else "" for t in df["text"]]
+    df["sig"] = b""
+    if minhash is not None and len(df):
+        from modpipe.curate.dedup import MinHasher
+
+        sigs = MinHasher(minhash)(df)  # alive rows only
+        df.loc[(df["reason"] == "").to_numpy(), "sig"] = sigs["sig"].to_numpy()
     _write_parquet(df, row_schema(), Path(item["out"]))
     return {"index": item["index"], "rows": len(df)}
 
@@ -112,12 +119,16 @@ def filter_shard(item: dict[str, Any], chain: list, step_of: dict[str, str]) -> 
     for step in chain:
         df = step(df)
     kept = df[df["reason"] == ""].sort_values("id", kind="mergesort").reset_index(drop=True)
-    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
-                        ("n_chars", pa.int64()), ("n_words", pa.int64())])
-    _write_parquet(kept, schema, Path(item["docs"]))
+    fields = [("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("n_chars", pa.int64()),
+              ("n_words", pa.int64())]
+    if "lang" in kept:  # the language filter ran: its answer is a column of the docs
+        fields.append(("lang", pa.string()))
+    _write_parquet(kept, pa.schema(fields), Path(item["docs"]))
     lines = _quarantine_lines(df[df["reason"] != ""], step_of)
     atomic_write(Path(item["quarantine"]), lambda tmp: tmp.write_text(lines, encoding="utf-8"))
-    counts = {"rows": len(df), "kept": len(kept), "reasons": dict(sorted(Counter(df["reason"]).items()))}
+    pii = {k[4:]: int(kept[k].sum()) for k in sorted(kept.columns) if k.startswith("pii_")}
+    counts = {"rows": len(df), "kept": len(kept), "reasons": dict(sorted(Counter(df["reason"]).items())),
+              "pii": pii}
     atomic_write(Path(item["done"]), lambda tmp: tmp.write_text(json.dumps(counts, sort_keys=True)))
     return {"index": item["index"], "kept": len(kept)}
 

@@ -172,7 +172,7 @@ def test_curate_run_shards_manifest_reuse(run_dir, ray_local):
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2]
 
     docs = pd.concat(pd.read_parquet(p) for p in sorted(Path(out["docs_dir"]).glob("*.parquet")))
-    assert list(docs.columns) == ["id", "text", "source", "n_chars", "n_words"] and docs["id"].is_unique
+    assert list(docs.columns)[:5] == ["id", "text", "source", "n_chars", "n_words"] and docs["id"].is_unique
     assert docs["n_chars"].between(cfg.curate.min_chars, cfg.curate.max_chars).all()
     # the troff step ran in curate: the docs are text, not markup
     assert sum(bool(re.search(r"^\.(SH|TH|TP) ", t, re.M)) for t in docs["text"]) <= max(1, len(docs) // 50)
