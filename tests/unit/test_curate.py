@@ -81,6 +81,28 @@ def test_strip_troff_constructs():
     assert "FOO" not in text and "2024" not in text
 
 
+# --- normalisation steps ----------------------------------------------------------------------------------------
+
+
+def test_normalize_steps_by_name():
+    from modpipe.curate.normalize import STEPS, check_steps
+
+    raw = "Cafe\u0301\r\nNUL\x00 and\u200b zero-width,\t\ttabs   and spaces \n\n\n\nend "
+    assert apply_steps(raw, ["nfc"]) == raw.replace("e\u0301", "\u00e9")
+    assert apply_steps(raw, ["control_chars"]) == raw.replace("\r\n", "\n").replace("\x00", "").replace("\u200b", "")
+    assert apply_steps("a \t b  \n\n\n\n c ", ["whitespace"]) == "a b\n\nc"
+    assert apply_steps(raw, ["nfc", "control_chars", "whitespace"]) == normalize(raw) == \
+        "Caf\u00e9\nNUL and zero-width, tabs and spaces\n\nend"
+    page = '.TH LS 1\n.SH NAME\nls \\- list\n.B \\-a'
+    assert apply_steps(page, ["troff"], "troff") == "NAME\n\nls - list\n-a"
+    assert apply_steps(page, ["troff"], None) == page  # user text is never read as troff
+    assert set(STEPS) == {"troff", "nfc", "control_chars", "whitespace"}
+    with pytest.raises(ValueError, match="unknown normalize step"):
+        check_steps(["nfc", "lowercase"])
+    with pytest.raises(Exception, match="curate.normalize"):
+        load_config(None, ["curate.normalize=[nfc, lowercase]"])
+
+
 # --- harvest + tasks --------------------------------------------------------------------------------------------
 
 
@@ -185,7 +207,9 @@ def test_curate_run_shards_manifest_reuse(run_dir, ray_local):
         assert not set(test["id"]) & set(docs["id"])  # decontaminated
     stats = json.loads(Path(out["stats"]).read_text())
     names = [s["name"] for s in stats["steps"]]
-    assert names[:3] == ["read", "normalize", "dedup_exact"] and "decontaminate" in names
+    assert names[:5] == ["read", "normalize", "dedup_exact", "dedup_minhash", "decontaminate"]
+    assert {"language", "gopher_quality", "gopher_repetition", "pii", "tokenize", "pack"} <= set(names)
+    assert all({"name", "in", "out", "removed", "removed_by_reason"} <= set(s) for s in stats["steps"])
     for s in stats["steps"][:-2]:
         assert s["in"] - s["removed"] == s["out"]
     quarantined = [json.loads(x) for x in Path(out["quarantine"]).read_text().splitlines()]
