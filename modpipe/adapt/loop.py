@@ -81,6 +81,11 @@ def build_trainable(backbone: str, num_labels: int, job: dict[str, Any]) -> Trai
     from modpipe.models.modules import _classifier, build_task_model, num_blocks
 
     spec = module_spec(job)
+    if spec["method"] == "prefix" and job["freeze"]["gradient_checkpointing"]:
+        # PEFT hands the prefixes to the backbone as a key/value cache, which transformers drops from checkpointed
+        # blocks in training (the attention mask then covers more keys than there are): refuse it by name.
+        raise ValueError("method prefix does not train with freeze.gradient_checkpointing on (its prefixes travel "
+                         "as a KV cache that activation checkpointing drops); turn one of them off")
     model, n_backbone = build_task_model(backbone, num_labels, spec, job["seed"])
     layers = num_blocks(model)
     policy = job["freeze"]

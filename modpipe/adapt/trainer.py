@@ -20,6 +20,8 @@ log = logging.getLogger("modpipe.adapt")
 METRICS_FILE = "metrics.json"
 MODULE_FILE = "module.json"
 PREDICTIONS_FILE = "test_predictions.parquet"
+COST_KEYS = ("trainable_params", "trainable_pct", "backbone_params", "train_seconds", "peak_memory_mb",
+             "latency_ms_per_batch")
 
 
 def make_trainer(job: dict[str, Any], scaling: dict[str, Any], name: str, storage: str, max_failures: int,
@@ -173,7 +175,8 @@ def write_module(job: dict, run: dict, result, seconds: float, fit_started: floa
         }
         metrics = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()}
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        summary = {k: metrics[k] for k in metrics if k.startswith(("test_", "val_")) and k != "test_confusion"}
+        summary = {k: metrics[k] for k in metrics if (k.startswith(("test_", "val_")) and k != "test_confusion")
+                   or k in COST_KEYS}
         write_manifest(tmp, {**record, "metrics": summary})  # now with metrics and every file's sha256
     log.info("%s: %s: test acc %.3f, macro-F1 %.3f, ECE %.3f (best epoch %d by %s), %d trainable (%.3f%%) -> %s",
              task, spec["method"], metrics["test_accuracy"], metrics["test_macro_f1"], metrics["test_ece"] or 0.0,

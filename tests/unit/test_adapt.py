@@ -246,6 +246,8 @@ def test_modules_written_with_metrics_and_manifest(adapted, world):
         assert module["task"] == task and module["num_labels"] == len(module["labels"])
         assert module["backbone_fingerprint"] == read_backbone_fingerprint(world["backbone"])
         assert module["seed"] == 0 and module["method"] == method and module["module"]["head"] == "linear"
+        assert module["metrics"]["test_ece"] == m["test_ece"] and module["metrics"]["trainable_pct"] == m[
+            "trainable_pct"]
         if method == "lora":
             assert module["lora"]["r"] == 4 and module["module"]["family"] == "parameter"
         else:

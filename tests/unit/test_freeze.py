@@ -70,5 +70,7 @@ def test_gradient_checkpointing_gives_the_same_update(world):
         train(world, t, steps=2)
         outs.append({n: p.detach().clone() for n, p in t.model.named_parameters() if p.requires_grad})
     assert outs[0].keys() == outs[1].keys()
+    with pytest.raises(ValueError, match="prefix .*gradient_checkpointing"):
+        build_trainable(str(world["backbone"]), 3, job("prefix", gradient_checkpointing=True))
     for n in outs[0]:
         torch.testing.assert_close(outs[0][n], outs[1][n], rtol=1e-4, atol=1e-5)
