@@ -436,7 +436,8 @@ ModuleMethod = Literal["lora", "ia3", "prefix", "prompt", "bottleneck", "linear_
 
 
 class AdaptConfig(_Section):
-    """One LoRA module + ``score`` head per task on the frozen backbone; one Ray Train run per task, concurrently."""
+    """One module (``method``, per task ``methods``) + head per task on the backbone under a freeze policy; one Ray
+    Train run per task, concurrently within the cluster's free resources."""
 
     tasks: list[str] = ["man_section", "man_language", "py_package"]
     """Tasks (folders of curate's tasks_dir) to adapt; when none exists there, every task found is adapted."""
