@@ -27,7 +27,7 @@ import pandas as pd
 
 from modpipe.curate.filters import Step, flag
 from modpipe.curate.normalize import text_key
-from modpipe.curate.words import ngram_hashes, norm_words, word_hashes
+from modpipe.curate.words import ngram_hashes, norm_words, text_words, word_hashes
 
 
 @dataclass
@@ -71,7 +71,7 @@ class NgramIndex:
         """(label of the example holding the first shared n-gram, number of shared n-grams) or None."""
         if len(self.hashes) == 0:
             return None
-        h = ngram_hashes(word_hashes(norm_words(text)), self.n)
+        h = ngram_hashes(text_words(text).hashes, self.n)
         if len(h) == 0:
             return None
         idx = np.minimum(np.searchsorted(self.hashes, h), len(self.hashes) - 1)

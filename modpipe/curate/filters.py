@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from modpipe.curate.normalize import alpha_fraction, count_words, normalize, text_key
-from modpipe.curate.words import is_cjk, word_hashes, words
+from modpipe.curate.normalize import count_words, normalize, text_key
+from modpipe.curate.words import text_words, word_hashes
 
 _NGRAM_MUL = np.uint64(0x9E3779B97F4A7C15)
 
@@ -130,6 +130,16 @@ class Length(Filter):
         return flag(df, np.flatnonzero(long_), "too_long", [f"{x} chars > {self.max_chars}" for x in n[long_]])
 
 
+_LETTER_RUNS = re.compile(r"[^\W\d_]+")
+
+
+def letter_share(text: str) -> float:
+    """Letters / non-blank characters (``normalize.alpha_fraction``, 3x faster: one regex match per run of
+    letters, not per character, and blanks counted by ``str.split``)."""
+    nonblank = sum(map(len, text.split()))
+    return sum(map(len, _LETTER_RUNS.findall(text))) / nonblank if nonblank else 0.0
+
+
 @dataclass
 class AlphaFraction(Filter):
     """Letters / non-blank characters (cheap junk filter: number tables, binary residue)."""
@@ -141,19 +151,19 @@ class AlphaFraction(Filter):
     def keep(self, df):
         if self.min_alpha_frac is None:
             return np.ones(len(df), bool), [""] * len(df)
-        frac = np.array([alpha_fraction(t) for t in df["text"]])
+        frac = np.array([letter_share(t) for t in df["text"]])
         return frac >= self.min_alpha_frac, [f"letters {f:.3f} < {self.min_alpha_frac}" for f in frac]
 
 
-_HAS_LETTER = re.compile(r"[^\W\d_]").search
 _BULLET = re.compile(r"^[ \t]*[\u2022\u2023\u25e6\u2043\u00b7*\-\u2013][ \t]", re.M)
 _ELLIPSIS_END = re.compile(r"(?:\.\.\.|\u2026)[ \t]*$", re.M)
 
 
 @dataclass
 class GopherQuality(RuleFilter):
-    """Gopher quality rules (Rae et al. 2021, A1) on regex words (``words.py``): word count, mean word length,
-    hash / ellipsis per word, bullet and ellipsis-ending lines, words holding a letter, stop words."""
+    """Gopher quality rules (Rae et al. 2021, A1) on lower-cased regex words (``words.text_words``): word count,
+    mean word length, hash / ellipsis per word, bullet and ellipsis-ending lines, words holding a letter, stop
+    words.  Defaults: man-page thresholds, see ``config.GopherConfig``."""
 
     min_words: int | None = 30
     max_words: int | None = 100_000
@@ -173,7 +183,7 @@ class GopherQuality(RuleFilter):
                                 "gopher_ellipsis_lines", "gopher_alpha_words", "gopher_stop_words")
 
     def __post_init__(self):
-        self._stop = frozenset(self.stop_words)
+        self._stop = np.unique(word_hashes(sorted({w.lower() for w in self.stop_words})))
         self._stop_langs = set(self.stop_words_languages or [])
         # "..." and "…" are one symbol (the ellipsis); every other symbol is its own
         ell = [s for s in self.symbols if s in ("...", "\u2026")]
@@ -190,16 +200,15 @@ class GopherQuality(RuleFilter):
                    stop_words_languages=list(g.stop_words_languages))
 
     def check(self, text: str, lang: str) -> tuple[str, str] | None:
-        ws = words(text)
-        n = len(ws)
+        tw = text_words(text)
+        n = len(tw.hashes)
         if self.min_words is not None and n < self.min_words:
             return "gopher_short_doc", f"{n} words < {self.min_words}"
         if self.max_words is not None and n > self.max_words:
             return "gopher_long_doc", f"{n} words > {self.max_words}"
         if self.min_mean_word_len is not None or self.max_mean_word_len is not None:
-            spaced = [w for w in ws if not is_cjk(w)]  # a CJK character is a word of one character by definition
-            if spaced:
-                mean = sum(map(len, spaced)) / len(spaced)
+            if n > tw.n_cjk:  # a CJK character is a word of one character by definition: left out
+                mean = (int(tw.lengths.sum()) - tw.n_cjk) / (n - tw.n_cjk)
                 if self.min_mean_word_len is not None and mean < self.min_mean_word_len:
                     return "gopher_mean_word_len_low", f"mean word length {mean:.2f} < {self.min_mean_word_len}"
                 if self.max_mean_word_len is not None and mean > self.max_mean_word_len:
@@ -220,11 +229,11 @@ class GopherQuality(RuleFilter):
                 if frac > self.max_ellipsis_line_frac:
                     return "gopher_ellipsis_lines", f"ellipsis-ending lines {frac:.3f} > {self.max_ellipsis_line_frac}"
         if self.min_alpha_word_frac is not None:
-            frac = sum(1 for w in ws if _HAS_LETTER(w)) / n if n else 0.0
+            frac = tw.n_letter / n if n else 0.0
             if frac < self.min_alpha_word_frac:
                 return "gopher_alpha_words", f"words with a letter {frac:.3f} < {self.min_alpha_word_frac}"
         if self.min_stop_words is not None and (not lang or lang in self._stop_langs):
-            found = len(self._stop.intersection(w.lower() for w in ws))
+            found = int(np.isin(self._stop, tw.hashes).sum())
             if found < self.min_stop_words:
                 return "gopher_stop_words", f"{found} stop words < {self.min_stop_words}"
         return None
@@ -353,9 +362,8 @@ class GopherRepetition(RuleFilter):
                 return f"dup_{kind}_char_frac", f"characters in repeated {kind}s {chars / n_chars:.3f} > {max_char}"
         if not self.top_ngram_fracs and not self.dup_ngram_fracs:
             return None
-        ws = words(text)
-        wh = word_hashes(ws)
-        wl = np.fromiter(map(len, ws), dtype=np.int64, count=len(ws))
+        tw = text_words(text)
+        wh, wl = tw.hashes, tw.lengths
         dup_ns = sorted(self.dup_ngram_fracs)
         first = sorted(set(self.top_ngram_fracs) | set(dup_ns[:1]))
         stats = ngram_stats(wh, wl, first)

@@ -11,11 +11,14 @@ mod 2^64 finished with murmur3's fmix64, all in numpy (no Python loop over n-gra
 
     words("Don't use 1.2.3!")          -> ["Don't", "use", "1.2.3"]
     ngram_hashes(word_hashes(ws), 5)    -> uint64 array, one hash per 5-word window
+    text_words(text)                    -> Words(hashes, lengths, n_letter, n_cjk) of the lower-cased words, cached
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import xxhash
@@ -39,8 +42,31 @@ def norm_words(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
-def is_cjk(word: str) -> bool:
-    return len(word) == 1 and _CJK_CHAR.match(word) is not None
+@dataclass(frozen=True)
+class Words:
+    """What the per-document steps need of a text's lower-cased words, without the words themselves."""
+
+    hashes: np.ndarray
+    """(n,) uint64 xxh3_64 of each word."""
+    lengths: np.ndarray
+    """(n,) int64 characters of each word."""
+    n_letter: int
+    """Words holding at least one letter."""
+    n_cjk: int
+    """CJK words (one character each)."""
+
+
+_NO_LETTER = "0123456789_.-'\u2019"
+
+
+@lru_cache(maxsize=2048)
+def text_words(text: str) -> Words:
+    """``Words`` of a text, cached: the filter pass runs its steps (Gopher quality, repetition,
+    decontamination) one after another over the same shard of <= ~1000 texts, so each is split and hashed once."""
+    ws = WORD.findall(text.lower())
+    n_letter = sum(1 for w in ws if w.strip(_NO_LETTER))  # a word is letters/digits/_ joined by . - '
+    n_cjk = 0 if text.isascii() else len(_CJK_CHAR.findall(text))
+    return Words(word_hashes(ws), np.fromiter(map(len, ws), dtype=np.int64, count=len(ws)), n_letter, n_cjk)
 
 
 def word_hashes(ws: list[str]) -> np.ndarray:
