@@ -324,6 +324,14 @@ class TrueJaccard:
         return float(jac[j]), self.ids[j]
 
 
+def timed_run(fn, *args) -> dict:
+    """``fn(*args)`` plus the 1-minute load average before and after (other work on the machine skews ratios)."""
+    before = os.getloadavg()[0]
+    res = fn(*args)
+    res["load_avg_1m"] = [round(before, 1), round(os.getloadavg()[0], 1)]
+    return res
+
+
 def score(res: dict, planted: list[dict], n_docs: int, truth: TrueJaccard) -> dict:
     removed = res["exact_removed"] | res["near_removed"]
     found = [p for p in planted if p["original"] in removed or p["copy"] in removed]
@@ -335,11 +343,14 @@ def score(res: dict, planted: list[dict], n_docs: int, truth: TrueJaccard) -> di
     false_pos = [d for d in other_near if truth.best(d)[0] < FP_JACCARD]
     return {
         "seconds": res["seconds"], "docs_per_s": round(n_docs / res["seconds"], 1), "phases_s": res["phases_s"],
+        "load_avg_1m_before_after": res.get("load_avg_1m"),
         "exact_removed": len(res["exact_removed"]), "near_removed": len(res["near_removed"]),
         "kept_after_dedup": n_docs - len(removed), "kept_final": len(res["kept"]),
         "recall": round(len(found) / len(planted), 4) if planted else None,
         "recall_by_jaccard": {k: round(sum(p["copy"] in found_set for p in v) / len(v), 4) if v else None
                               for k, v in bins.items()},
+        "missed_pairs": sorted(({"copy": p["copy"], "original": p["original"], "jaccard": p["jaccard"]}
+                                for p in planted if p["copy"] not in found_set), key=lambda p: p["jaccard"]),
         "near_removed_not_planted": len(other_near), "false_positive_merges": len(false_pos),
         "false_positive_examples": false_pos[:5],
     }
@@ -350,13 +361,13 @@ def score(res: dict, planted: list[dict], n_docs: int, truth: TrueJaccard) -> di
 
 def _table(rows: list[tuple[str, dict]], base: dict) -> str:
     head = (f"{'pipeline':<26}{'seconds':>9}{'docs/s':>9}{'vs dt':>8}{'recall':>8}{'FP':>5}"
-            f"{'exact rm':>10}{'near rm':>9}{'kept':>7}")
+            f"{'exact rm':>10}{'near rm':>9}{'kept':>7}{'load':>7}")
     lines = [head, "-" * len(head)]
     for name, r in rows:
         lines.append(f"{name:<26}{r['seconds']:>9.1f}{r['docs_per_s']:>9.1f}"
                      f"{r['docs_per_s'] / base['docs_per_s']:>7.2f}x{r['recall']:>8.3f}"
                      f"{r['false_positive_merges']:>5d}{r['exact_removed']:>10d}{r['near_removed']:>9d}"
-                     f"{r['kept_final']:>7d}")
+                     f"{r['kept_final']:>7d}{(r['load_avg_1m_before_after'] or [0])[0]:>7.1f}")
     return "\n".join(lines)
 
 
@@ -397,13 +408,13 @@ def main(argv: list[str] | None = None) -> int:
     rounds = []
     for k in range(args.repeat):
         log.info("round %d/%d: datatrove (%d workers)", k + 1, args.repeat, args.workers)
-        rows = [(f"datatrove {args.workers}w", score(run_datatrove(work, args.workers, cfg), meta["planted"], n, truth))]
+        rows = [(f"datatrove {args.workers}w", score(timed_run(run_datatrove, work, args.workers, cfg), meta["planted"], n, truth))]
         log.info("round %d/%d: modpipe (%d Ray workers)", k + 1, args.repeat, args.workers)
         rows.append((f"modpipe {args.workers} Ray workers",
-                     score(run_modpipe(work, args.workers, cfg), meta["planted"], n, truth)))
+                     score(timed_run(run_modpipe, work, args.workers, cfg), meta["planted"], n, truth)))
         if not args.no_single_worker and args.workers != 1:
             log.info("round %d/%d: modpipe (1 Ray worker)", k + 1, args.repeat)
-            rows.append(("modpipe 1 Ray worker", score(run_modpipe(work, 1, cfg), meta["planted"], n, truth)))
+            rows.append(("modpipe 1 Ray worker", score(timed_run(run_modpipe, work, 1, cfg), meta["planted"], n, truth)))
         base = rows[0][1]
         print(f"\nround {k + 1}: {n} docs ({len(meta['planted'])} planted near-duplicates), {meta['mb']} MB, "
               f"{args.files} JSONL files")

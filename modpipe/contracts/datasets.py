@@ -90,7 +90,7 @@ def read_docs(docs_dir: str | Path, max_rows: int, seed: int, tokenizer=None) ->
 
     root = Path(docs_dir)
     files = sorted(root.glob("*.parquet"))
-    wanted = ["id", "text", "source", "n_chars", "n_words"]
+    wanted = ["id", "text", "source", "n_chars", "n_words", "lang"]
     tables = []
     for f in files:
         schema = pq.read_schema(f)

@@ -6,7 +6,8 @@ column             meaning
 =================  ==========================================================================================
 ``text_hash``      sha256 of whitespace-normalised, lower-cased text; its unique share = 1 - duplicate rate
 ``n_chars``        characters of ``text`` (added when absent)
-``language``       ISO 639-1 code; kept when the data carries it, else py3langid on the first 2,000 chars
+``language``       ISO 639-1 code; kept when the data carries it (``language`` or curate's ``lang``), else
+                   py3langid on the first 2,000 chars
 ``language_share`` share of the rows that have this row's language (its max is the top language's share)
 ``n_tokens``       tokens of ``text`` under the run's tokenizer (only when a tokenizer is given)
 ``label_share``    share of the rows that have this row's label (its min/max are the class-balance bounds)
@@ -86,6 +87,8 @@ def add_text_columns(df: pd.DataFrame, *, tokenizer=None, language: bool = True)
     if "n_chars" not in df.columns:
         df["n_chars"] = df["text"].map(lambda t: len(t) if isinstance(t, str) else None)
     if language:
+        if ("language" not in df.columns or df["language"].isna().all()) and "lang" in df.columns:
+            df["language"] = df["lang"]  # curate's language-ID step already labelled the docs
         if "language" not in df.columns or df["language"].isna().all():
             df["language"] = detect_language(df["text"])
         df["language_share"] = share_of_group(df["language"])
