@@ -84,9 +84,9 @@ class NgramIndex:
 @dataclass
 class Decontaminate(Step):
     ids: dict[str, str] = field(default_factory=dict)
-    """task example id -> "task/split"."""
+    """task example id -> "task/split/example id"."""
     keys: dict[str, str] = field(default_factory=dict)
-    """content key of the example text -> "task/split"."""
+    """content key of the example text -> "task/split/example id"."""
     prefix_lengths: list[int] = field(default_factory=list)
     ngrams: NgramIndex | None = None
     name: str = "decontaminate"
@@ -134,9 +134,10 @@ def from_tasks(tasks, splits: list[str], cfg=None) -> Decontaminate:
     for task in tasks:
         for split in splits:
             for row in task.splits.get(split, []):
-                ids.setdefault(row["id"], f"{task.name}/{split}")
-                keys.setdefault(row["key"], f"{task.name}/{split}")
-                held_out.append((f"{task.name}/{split}/{row['id']}", row["text"]))
+                where = f"{task.name}/{split}/{row['id']}"
+                ids.setdefault(row["id"], where)
+                keys.setdefault(row["key"], where)
+                held_out.append((where, row["text"]))
         others += [row["text"] for split in sorted(set(task.splits) - set(splits)) for row in task.splits[split]]
         lengths.add(task.max_chars)
     index = NgramIndex.build(held_out, cfg.n, cfg.max_example_freq, others) if cfg.ngram else None

@@ -246,7 +246,7 @@ def test_ngram_decontamination_13_not_12():
     got = dict(zip(out["id"], zip(out["reason"], out["detail"])))
     assert got["has13"][0] == "contaminated" and "13-gram" in got["has13"][1] and "t/test/ex1" in got["has13"][1]
     assert got["has12"] == ("", "") and got["boiler"] == ("", "") and got["clean"] == ("", "")
-    assert got["ex1"] == ("contaminated", "id in t/test")  # the exact id/text matches stay
+    assert got["ex1"] == ("contaminated", "id in t/test/ex1")  # the exact id/text matches stay
     assert decon.reasons == ("contaminated",)
     # n configurable; n-grams off leaves only the exact matches
     assert reasons(from_tasks([task], ["test"], DecontamConfig(n=12))(frame({"has12": docs["has12"]}))) == {
