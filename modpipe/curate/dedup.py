@@ -70,13 +70,15 @@ def shingles(text: str, n: int) -> np.ndarray:
 
 def signature(sh: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(n_perm,) uint32 MinHash signature of a shingle set (all 0xFFFFFFFF for an empty one)."""
-    sig = np.full(a.shape[0], _EMPTY, dtype=np.uint32)
+    low = np.full(a.shape[0], np.iinfo(np.uint64).max, dtype=np.uint64)
     step = max(1, _CHUNK // a.shape[0])
     with np.errstate(over="ignore"):
         for i in range(0, len(sh), step):  # bounded memory for very long documents
-            h = (a * sh[None, i:i + step] + b) >> np.uint64(32)  # (n_perm, chunk)
-            np.minimum(sig, h.min(axis=1).astype(np.uint32), out=sig)
-    return sig
+            h = np.multiply(a, sh[None, i:i + step])  # (n_perm, chunk), wraps mod 2^64
+            h += b
+            np.minimum(low, h.min(axis=1), out=low)
+    # the shift after the min: x -> x >> 32 never reorders, so min(h >> 32) = min(h) >> 32 (one pass less)
+    return (low >> np.uint64(32)).astype(np.uint32) if len(sh) else np.full(a.shape[0], _EMPTY, dtype=np.uint32)
 
 
 class MinHasher:
