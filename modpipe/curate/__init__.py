@@ -223,6 +223,8 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         n_rows += s["rows"]
         n_kept += s["kept"]
     counts.pop("", None)
+    claimed = {r for _, reasons in steps[1:] for r in reasons}  # anything else went wrong reading a record
+    steps[0] = ("read", tuple(sorted(set(read_reasons) | (set(counts) - claimed))))
     timings["dedup_filter"] = time.perf_counter() - t
 
     # 6. tokenizer, trained once on the kept docs
@@ -235,8 +237,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         log.info("curate: BPE tokenizer (%d tokens) trained on %d docs in %.1f s", tok.get_vocab_size(), n_kept,
                  time.perf_counter() - t)
     tokenizer_json = tok_path.read_text(encoding="utf-8")
-    vocab_size = len(json.loads(tokenizer_json)["model"]["vocab"]) + len(json.loads(tokenizer_json)
-                                                                          ["added_tokens"])
+    from tokenizers import Tokenizer
+
+    vocab_size = Tokenizer.from_str(tokenizer_json).get_vocab_size()
     timings["tokenizer"] = time.perf_counter() - t
 
     # 7. encode + pack, per shard

@@ -192,6 +192,7 @@ def test_curate_run_shards_manifest_reuse(run_dir, ray_local):
 
     tok = Tokenizer.from_file(out["tokenizer"])
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2]
+    assert manifest["vocab_size"] == tok.get_vocab_size() <= cfg.curate.vocab_size
 
     docs = pd.concat(pd.read_parquet(p) for p in sorted(Path(out["docs_dir"]).glob("*.parquet")))
     assert list(docs.columns)[:5] == ["id", "text", "source", "n_chars", "n_words"] and docs["id"].is_unique
