@@ -332,26 +332,32 @@ def ingest_files(cfg: PipelineConfig) -> dict[str, Any]:
     if step.done():
         log.info("ingest: reusing %s", step.path)
         return _result(step.path)
-    records, rejects, seen = [], list(path_rejects), set()
-    for k, f in enumerate(files):
-        n = 0
-        for row in readers.read_input(f, c.text_field, c.id_field, c.max_record_bytes):
-            if readers.is_reject(row):
-                rejects.append(row)
-                continue
-            if row["id"] in seen:
-                rejects.append(readers.reject(row["source"], row["line"], "duplicate_id", f"id {row['id']!r}"))
-                continue
-            seen.add(row["id"])
-            row.setdefault("section", None)
-            row.setdefault("language", None)
-            records.append(row)
-            n += 1
-        log.info("ingest: [%d/%d] %s: %d records", k + 1, len(files), f.url, n)
-    stats = {"kind": "files", "records": len(records), "files": len(files), "rejected": len(rejects),
-             "rejected_by_reason": dict(Counter(r["reason"] for r in rejects))}
+    rejects, seen, n_records = list(path_rejects), set(), 0
+
+    def records():  # streamed into the parts: only the ids are held in memory
+        nonlocal n_records
+        for k, f in enumerate(files):
+            n = 0
+            for row in readers.read_input(f, c.text_field, c.id_field, c.max_record_bytes):
+                if readers.is_reject(row):
+                    rejects.append(row)
+                    continue
+                if row["id"] in seen:
+                    rejects.append(readers.reject(row["source"], row["line"], "duplicate_id", f"id {row['id']!r}"))
+                    continue
+                seen.add(row["id"])
+                row.setdefault("section", None)
+                row.setdefault("language", None)
+                n += 1
+                yield row
+            n_records += n
+            log.info("ingest: [%d/%d] %s: %d records", k + 1, len(files), f.url, n)
+
     with step.building(config=fields, inputs={"files": digests}) as tmp:
-        _finish(tmp, records, rejects, stats, cfg.curate.docs_per_file)
+        write_parts(tmp, records(), cfg.curate.docs_per_file)
+        stats = {"kind": "files", "records": n_records, "files": len(files), "rejected": len(rejects),
+                 "rejected_by_reason": dict(Counter(r["reason"] for r in rejects))}
+        _finish(tmp, [], rejects, stats, cfg.curate.docs_per_file)
     if rejects:
         log.warning("ingest: %d record(s)/file(s) quarantined: %s", len(rejects), stats["rejected_by_reason"])
     return _result(step.path)
