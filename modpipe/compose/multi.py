@@ -23,7 +23,6 @@ from typing import Sequence
 
 log = logging.getLogger("modpipe.compose")
 
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CLS_PREFIX = "base_model.model."  # keys of a module saved from the sequence-classification model
 HEAD_NAMES = ("score",)

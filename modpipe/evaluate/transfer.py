@@ -95,6 +95,8 @@ def run(cfg: PipelineConfig, backbone: str, tasks_dir: str) -> dict[str, Any]:
     from modpipe.report.transfer import write_transfer_report
 
     t = cfg.transfer
+    # absolute: Ray Train workers run in their own working directories
+    backbone, tasks_dir = str(Path(backbone).resolve()), str(Path(tasks_dir).resolve())
     tasks = list(t.tasks) or adapt.select_tasks(cfg, tasks_dir)
     step = StepDir(cfg.run_path / "transfer", "transfer", fingerprint(cfg, backbone, tasks_dir, tasks))
     if step.done():
@@ -171,4 +173,4 @@ def _routing(cfg: PipelineConfig, backbone: str, tasks_dir: str, lora: dict[str,
 def _outputs(path: Path) -> dict[str, Any]:
     results = json.loads((path / RESULTS_FILE).read_text())
     return {"dir": str(path), "results": str(path / RESULTS_FILE), "report": str(path / "report.html"),
-            "curve": str(path / "curve.png"), "rows": results["rows"]}
+            "curve": str(path / "curve.png") if (path / "curve.png").is_file() else None, "rows": results["rows"]}

@@ -58,6 +58,9 @@ def draw_curve(results: dict[str, Any], path: str | Path) -> str | None:
             ax.axhline(baseline[results["metric"]], color="grey", linestyle="--",
                        label=baseline.get("method", "baseline"))
         ax.set_xscale("log")
+        ticks = sorted({x * 100 for xy in methods.values() for x, _ in xy})
+        ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("% of the train split")
         ax.set_ylabel(results["metric"])
         ax.set_title(task)
