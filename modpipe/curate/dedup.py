@@ -22,8 +22,9 @@ Ray Data shuffle of the same rows costs seconds of scheduling on 2 cores; the dr
 
 Candidates (documents sharing a bucket) are verified: the estimated Jaccard (fraction of equal signature
 values) must reach ``minhash.threshold``; verified pairs are merged with union-find and each cluster keeps its
-smallest id.  The default threshold (0.7) sits at the LSH curve's midpoint for 20 x 8 ((1/20)^(1/8) = 0.69),
-so verification removes the false candidates below it without costing recall on pairs above it.
+smallest id.  The banding decides what is near (20 x 8: curve midpoint (1/20)^(1/8) = 0.69); verification at
+the default threshold 0.6 removes the candidates that collided by chance (true Jaccard < 0.5) while costing
+almost no recall (see ``config.MinHashConfig.threshold``).
 """
 
 from __future__ import annotations
