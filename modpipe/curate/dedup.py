@@ -34,7 +34,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from modpipe.curate.words import fmix64, ngram_hashes, norm_words, word_hashes
+from modpipe.curate.words import NGRAM_MUL, fmix64, ngram_hashes, norm_words, word_hashes
 
 log = logging.getLogger("modpipe.curate")
 
@@ -120,7 +120,7 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         k = s[:, :, 0].copy()
         for j in range(1, rows):
-            k = k * np.uint64(0x9E3779B97F4A7C15) + s[:, :, j]
+            k = k * NGRAM_MUL + s[:, :, j]
         return fmix64(k)
 
 

@@ -27,7 +27,7 @@ CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 WORD = re.compile(rf"[{CJK}]|[^\W{CJK}]+(?:['\u2019.\-][^\W{CJK}]+)*")
 _CJK_CHAR = re.compile(rf"[{CJK}]")
 
-_MUL = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant (golden ratio) for the n-gram polynomial
+NGRAM_MUL = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant (golden ratio) for the n-gram polynomial
 _C1 = np.uint64(0xFF51AFD7ED558CCD)
 _C2 = np.uint64(0xC4CEB9FE1A85EC53)
 _S33 = np.uint64(33)
@@ -91,5 +91,5 @@ def ngram_hashes(wh: np.ndarray, n: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         h = wh[:m].copy()
         for j in range(1, n):
-            h = h * _MUL + wh[j:j + m]
+            h = h * NGRAM_MUL + wh[j:j + m]
         return fmix64(h)
