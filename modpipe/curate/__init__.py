@@ -205,7 +205,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     chain = [Drop(dups), Drop(near, reason_code="near_duplicate", name="dedup_minhash"), decon, *filters,
              PiiScrub.from_config(c.pii)]
     read_reasons = ("record_too_large", "invalid_utf8", "nul_byte", "malformed_json", "not_object",
-                    "missing_field", "bad_type", "invalid_gzip", "empty_file", "unreadable_file")
+                    "missing_field", "bad_type", "corrupt_stream", "empty_file", "unreadable_file")
     steps = [("read", read_reasons), ("normalize", ("empty_text",)), ("dedup_exact", ("duplicate",)),
              ("dedup_minhash", ("near_duplicate",)), ("decontaminate", tuple(decon.reasons)),
              *[(f.name, tuple(f.reasons)) for f in filters]]

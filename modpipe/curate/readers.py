@@ -9,7 +9,7 @@ A reader yields dicts.  A record: ``{"id", "text", "source", "line", ...extra fi
 row): ``{"source", "line", "reason", "detail"}`` with a stable reason code:
 
 empty_file         the file holds no records (no bytes, or only blank lines)
-invalid_gzip       a .gz/.zst that is corrupt or truncated (records before the damage are kept; line = the
+corrupt_stream     a .gz/.zst that is corrupt or truncated (records before the damage are kept; line = the
                    first line that could not be read)
 unreadable_file    the file cannot be opened or read (permissions, a broken object store, ...)
 unreadable_parquet a .parquet file whose footer/schema/pages do not read
@@ -145,28 +145,49 @@ def file_digest(inp: InputFile) -> str:
 # --- byte streams ----------------------------------------------------------------------------------------------
 
 
-class _Decompressed(io.RawIOBase):
-    """A zstandard stream reader as a RawIOBase, so io.BufferedReader gives it readline(limit)."""
+class _ZstdStream(io.RawIOBase):
+    """Zstandard frames (one or several, concatenated) as a RawIOBase, so io.BufferedReader gives it
+    readline(limit).  Hand-written over ``decompressobj`` because zstandard's stream reader ends a truncated
+    frame silently: here a stream that stops inside a frame raises EOFError, like gzip."""
 
-    def __init__(self, reader):
-        self._reader = reader
+    def __init__(self, fh: BinaryIO):
+        import zstandard
+
+        self._fh = fh
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._buf = b""
+        self._in_frame = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:
-        data = self._reader.read(len(b))
-        b[: len(data)] = data
-        return len(data)
+        while not self._buf:
+            chunk = self._fh.read(_CHUNK)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("zstd stream ended inside a frame (truncated file)")
+                return 0
+            out = []
+            while chunk:
+                if self._obj.eof:  # the previous frame ended: the next one starts here
+                    self._obj = self._dctx.decompressobj()
+                out.append(self._obj.decompress(chunk))
+                self._in_frame = not self._obj.eof
+                chunk = self._obj.unused_data if self._obj.eof else b""
+            self._buf = b"".join(out)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
 
 
 def _decompressed(fh: BinaryIO, name: str) -> BinaryIO:
     if name.endswith(".gz"):
         return gzip.GzipFile(fileobj=fh, mode="rb")
     if name.endswith(".zst"):
-        import zstandard
-
-        return io.BufferedReader(_Decompressed(zstandard.ZstdDecompressor().stream_reader(fh)), _CHUNK)
+        return io.BufferedReader(_ZstdStream(fh), _CHUNK)
     return fh
 
 
@@ -254,7 +275,7 @@ def read_jsonl(inp: InputFile, fh: BinaryIO, text_field: str, id_field: str | No
                 out["line"] = rec["line"] if "line" in rec else i
             yield out
     except _stream_errors() as e:
-        yield reject(src, last + 1, "invalid_gzip", f"stream breaks after line {last}: {type(e).__name__}: {e}")
+        yield reject(src, last + 1, "corrupt_stream", f"stream breaks after line {last}: {type(e).__name__}: {e}")
         return
     if records == 0:
         yield reject(src, None, "empty_file", "no records")

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import zstandard
 
 from modpipe.config import load_config
 from modpipe.curate import readers
@@ -45,6 +46,9 @@ def hostile(tmp_path_factory) -> Path:
     pq.write_table(pa.table({"text": [prose(7), None, ""], "id": ["p1", "p2", "p3"]}), d / "rows.parquet")
     good = b"".join(_line(f"gz{i}", prose(10 + i)) for i in range(40))
     (d / "truncated.jsonl.gz").write_bytes(gzip.compress(good)[:-40])  # cut inside the last deflate block
+    # zstd blocks hold up to 128 KiB: 1000 lines (~600 KB) so that whole blocks precede the cut
+    zst = zstandard.ZstdCompressor().compress(b"".join(_line(f"zs{i}", prose(i)) for i in range(1000)))
+    (d / "truncated.jsonl.zst").write_bytes(zst[: len(zst) // 2])
     return d
 
 
@@ -72,12 +76,12 @@ def test_readers_quarantine_each_kind_naming_file_and_row(hostile, caplog):
     with caplog.at_level(logging.WARNING, logger="modpipe.curate"):
         rows = [r for f in files for r in readers.read_input(f)]
     bad = {(Path(r["source"]).name, r["line"]): r["reason"] for r in rows if readers.is_reject(r)}
-    truncated = {k: v for k, v in bad.items() if k[0] == "truncated.jsonl.gz"}
-    assert {k: v for k, v in bad.items() if k[0] != "truncated.jsonl.gz"} == EXPECTED
-    # the truncated .gz: the lines before the damage are records, the rest one reject at the first lost line
-    gz_ids = [r["id"] for r in rows if not readers.is_reject(r) and r["source"].endswith(".gz")]
-    assert gz_ids == [f"gz{i}" for i in range(len(gz_ids))] and 0 < len(gz_ids) < 40
-    assert list(truncated.items()) == [(("truncated.jsonl.gz", len(gz_ids) + 1), "invalid_gzip")]
+    assert {k: v for k, v in bad.items() if not k[0].startswith("truncated")} == EXPECTED
+    # a truncated .gz / .zst: the lines before the damage are records, the rest one reject at the first lost line
+    for name, prefix, total in (("truncated.jsonl.gz", "gz", 40), ("truncated.jsonl.zst", "zs", 1000)):
+        ids = [r["id"] for r in rows if not readers.is_reject(r) and r["source"].endswith(name)]
+        assert ids == [f"{prefix}{i}" for i in range(len(ids))] and 0 < len(ids) < total, name
+        assert [(k, v) for k, v in bad.items() if k[0] == name] == [((name, len(ids) + 1), "corrupt_stream")]
     assert GOOD <= {r["id"] for r in rows if not readers.is_reject(r)}
     for (name, row), reason in EXPECTED.items():  # a clear message: file, row, reason
         where = f"{name} line {row}:" if row is not None else f"{name}:"
@@ -99,7 +103,7 @@ def test_curate_stage_survives_and_keeps_raw_input(hostile, tmp_path, ray_local)
     q = [json.loads(x) for x in Path(out["quarantine"]).read_text().splitlines()]
     got = {(Path(r["source"]).name, r["line"]): r["reason"] for r in q if r["step"] == "ingest"}
     assert EXPECTED.items() <= got.items()
-    assert any(k[0] == "truncated.jsonl.gz" and v == "invalid_gzip" for k, v in got.items())
+    assert {k[0] for k, v in got.items() if v == "corrupt_stream"} == {"truncated.jsonl.gz", "truncated.jsonl.zst"}
     assert all({"step", "id", "source", "line", "reason", "detail"} <= set(r) for r in q)
     docs = pd.concat(pd.read_parquet(p) for p in Path(out["docs_dir"]).glob("*.parquet"))
     assert GOOD <= set(docs["id"]) and {"gz0", "gz1"} <= set(docs["id"])
