@@ -42,8 +42,9 @@ log = logging.getLogger("modpipe.curate")
 
 CURATE_VERSION = 2
 """Part of the step fingerprint, with a digest of this package's source."""
-MOVED = ("tasks", "docs", "tokenizer", "shards")
-"""Work-dir folders that become the step dir's folders as they are."""
+LINKED = ("tasks", "docs", "tokenizer", "shards")
+"""Work-dir folders that become the step dir's folders as they are (hard-linked: no copy, and the work dir stays
+whole until the step dir is in place, so a kill during assembly loses nothing)."""
 
 
 def _fingerprint(cfg: PipelineConfig, raw: dict, harvest: dict) -> str:
@@ -258,9 +259,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     ingest_rejects = _ingest_rejects(raw)
     with step.building(config=json.loads(cfg.section_json("corpus", "curate", "tasks")),
                        inputs={"raw_dir": raw["raw_dir"], "harvest_dir": harvest["raw_dir"]}) as tmp:
-        for sub in MOVED:
+        for sub in LINKED:
             (work / sub).mkdir(exist_ok=True)
-            os.replace(work / sub, tmp / sub)
+            shutil.copytree(work / sub, tmp / sub, copy_function=os.link)
         (tmp / "quarantine").mkdir()
         with open(tmp / "quarantine" / "quarantine.jsonl", "w", encoding="utf-8") as fh:
             for r in ingest_rejects:  # bad files/lines of the user's input, in file order

@@ -8,9 +8,9 @@ nfc            Unicode NFC
 control_chars  newlines unified (CRLF/CR -> LF); control and invisible format characters removed (NUL included)
 whitespace     runs of blanks collapsed, blanks around newlines and 3+ newlines trimmed, ends stripped
 
-``normalize(text)`` = nfc -> control_chars -> whitespace (what tasks and contracts use).  ``text_key``: sha256 of the whitespace-collapsed,
-lower-cased text, the same notion of "the same example" the contracts use for split overlap
-(``contracts.datasets.text_hash``); exact dedup, task splitting and decontamination all use it.
+``normalize(text)`` = nfc -> control_chars -> whitespace (what tasks and contracts use).  ``text_key``: sha256
+of the whitespace-collapsed, lower-cased text, the same notion of "the same example" the contracts use for split
+overlap (``contracts.datasets.text_hash``); exact dedup, task splitting and decontamination all use it.
 """
 
 from __future__ import annotations
