@@ -294,6 +294,7 @@ def _artifact(key: str):
     return Artifact.get(key, _sync=True)
 
 
+@pytest.mark.slow  # a real Prefect server starts (10-35 s on 2 cores)
 def test_contracts_flow_artifacts_warning_passes_error_stops(prefect_api, tmp_path, curated):
     """The flow publishes a Data Docs link and a failed-expectation table; an error fails the flow, a warning not."""
     from flows.common import artifact_key
