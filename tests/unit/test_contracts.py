@@ -320,3 +320,15 @@ def test_contracts_flow_artifacts_warning_passes_error_stops(prefect_api, tmp_pa
     assert "1 error(s)" in _artifact(artifact_key(cfg, "data-docs")).description
     rows = json.loads(_artifact(artifact_key(cfg, "contract-failures")).data)
     assert {r["severity"] for r in rows} == {"error", "warning"}
+
+    # curate's per-step counts (stats.json "steps") as a table artifact
+    from flows.common import stats_table
+
+    stats = tmp_path / "stats.json"
+    steps = [{"name": "dedup_exact", "in": 10, "out": 8, "removed": 2, "removed_by_reason": {"duplicate": 2}},
+             {"name": "gopher_quality", "in": 8, "out": 7, "removed": 1}]
+    stats.write_text(json.dumps({"steps": steps, "docs": 7}))
+    stats_table(cfg, str(stats), "curate-counts")
+    rows = json.loads(_artifact(artifact_key(cfg, "curate-counts")).data)
+    assert [(r["name"], r["in"], r["out"], r["removed"]) for r in rows] == [("dedup_exact", 10, 8, 2),
+                                                                         ("gopher_quality", 8, 7, 1)]
