@@ -157,30 +157,12 @@ def _content(doc) -> str:  # datatrove reads the return annotation to pick its h
     return doc.text
 
 
-def run_datatrove(work: Path, workers: int, cfg) -> dict:
-    from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup import (
-        MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature,
-    )
-    from datatrove.pipeline.dedup.exact_dedup import (
-        ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, ExactFindDedups,
-    )
-    from datatrove.pipeline.dedup.minhash import MinhashConfig
+def _datatrove_gopher(cfg) -> list:
+    """datatrove's Gopher repetition + quality filters with modpipe's thresholds."""
     from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
-    from datatrove.pipeline.readers import JsonlReader
-    from datatrove.pipeline.writers import JsonlWriter
 
     c, g, r = cfg.curate, cfg.curate.gopher, cfg.curate.repetition
-    root = work / "datatrove"
-    if root.exists():
-        shutil.rmtree(root)  # its executors skip tasks whose completion marker exists
-    corpus = str(work / "corpus" / "jsonl")
-    s = lambda p: str(root / p)  # noqa: E731
-    ecfg = ExactDedupConfig(content_getter=_content)
-    mcfg = MinhashConfig(n_grams=c.minhash.ngram_size, num_buckets=c.minhash.bands, hashes_per_bucket=c.minhash.rows,
-                         seed=c.minhash.seed)
-    writer = lambda p: JsonlWriter(s(p), compression=None)  # noqa: E731
-    gopher = [
+    return [
         GopherRepetitionFilter(
             dup_line_frac=r.max_dup_line_frac, dup_para_frac=r.max_dup_para_frac,
             dup_line_char_frac=r.max_dup_line_char_frac, dup_para_char_frac=r.max_dup_para_char_frac,
@@ -192,6 +174,31 @@ def run_datatrove(work: Path, workers: int, cfg) -> dict:
             max_non_alpha_words_ratio=g.min_alpha_word_frac, min_stop_words=g.min_stop_words,
             stop_words=list(g.stop_words)),
     ]
+
+
+def run_datatrove(work: Path, workers: int, cfg) -> dict:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import (
+        MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature,
+    )
+    from datatrove.pipeline.dedup.exact_dedup import (
+        ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, ExactFindDedups,
+    )
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    c = cfg.curate
+    root = work / "datatrove"
+    if root.exists():
+        shutil.rmtree(root)  # its executors skip tasks whose completion marker exists
+    corpus = str(work / "corpus" / "jsonl")
+    s = lambda p: str(root / p)  # noqa: E731
+    ecfg = ExactDedupConfig(content_getter=_content)
+    mcfg = MinhashConfig(n_grams=c.minhash.ngram_size, num_buckets=c.minhash.bands, hashes_per_bucket=c.minhash.rows,
+                         seed=c.minhash.seed)
+    writer = lambda p: JsonlWriter(s(p), compression=None)  # noqa: E731
+    gopher = _datatrove_gopher(cfg)
     stages = [
         ("exact 1 signatures", [JsonlReader(corpus), ExactDedupSignature(s("exact/sigs"), ecfg)], workers),
         ("exact 2 find", [ExactFindDedups(s("exact/sigs"), s("exact/dups"), ecfg)], 1),
@@ -293,6 +300,72 @@ def run_modpipe(work: Path, workers: int, cfg) -> dict:
             "kept": kept}
 
 
+# --- per-document CPU time, one process ----------------------------------------------------------------------
+
+
+def micro_cpu(docs: dict[str, str], cfg, work: Path, n: int = 300, rounds: int = 3, seed: int = 0) -> dict:
+    """CPU seconds (``time.process_time``, so other jobs on the machine barely matter) per document of each
+    tool's MinHash signature and Gopher repetition + quality rules, single-threaded, interleaved rounds on the
+    same sample; both filters run on every document (no short-circuit between them)."""
+    import pandas as pd
+    from datatrove.data import Document
+    from datatrove.pipeline.dedup import MinhashDedupSignature
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+
+    from modpipe.curate import words
+    from modpipe.curate.dedup import MinHasher
+    from modpipe.curate.filters import GopherQuality, GopherRepetition
+
+    c = cfg.curate
+    texts = random.Random(seed).sample(list(docs.values()), min(n, len(docs)))
+    dt_sig = MinhashDedupSignature(str(work / "micro"), config=MinhashConfig(
+        n_grams=c.minhash.ngram_size, num_buckets=c.minhash.bands, hashes_per_bucket=c.minhash.rows,
+        seed=c.minhash.seed))
+    dt_filters = _datatrove_gopher(cfg)
+    mp_hasher = MinHasher(c.minhash)
+    mp_filters = [GopherRepetition.from_config(c.repetition), GopherQuality.from_config(c)]
+    frame = pd.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts, "reason": ""})
+
+    def clear():  # modpipe caches a text's words within a filter pass; each timing starts cold
+        getattr(words, "text_words", None) and words.text_words.cache_clear()
+
+    def dt_minhash():
+        for t in texts:
+            dt_sig.get_signature(dt_sig.get_shingles(t))
+
+    def dt_gopher():
+        for i, t in enumerate(texts):
+            for f in dt_filters:
+                f.filter(Document(text=t, id=str(i)))
+
+    def mp_minhash():
+        clear()
+        mp_hasher(frame)
+
+    def mp_gopher():
+        clear()
+        for t in texts:
+            for f in mp_filters:
+                f.check(t, "")
+
+    jobs = {"datatrove minhash": dt_minhash, "modpipe minhash": mp_minhash, "datatrove gopher": dt_gopher,
+            "modpipe gopher": mp_gopher}
+    for fn in jobs.values():  # warm-up: spaCy and regex compilation, numpy first calls
+        fn()
+    cpu = {k: [] for k in jobs}
+    for _ in range(rounds):
+        for k, fn in jobs.items():
+            t0 = time.process_time()
+            fn()
+            cpu[k].append(time.process_time() - t0)
+    per_doc_ms = {k: round(1000 * min(v) / len(texts), 3) for k, v in cpu.items()}
+    out = {"docs": len(texts), "rounds": rounds, "cpu_ms_per_doc": per_doc_ms,
+           "ratio_minhash": round(per_doc_ms["datatrove minhash"] / per_doc_ms["modpipe minhash"], 2),
+           "ratio_gopher": round(per_doc_ms["datatrove gopher"] / per_doc_ms["modpipe gopher"], 2)}
+    log.info("per-document CPU: %s", out)
+    return out
+
+
 # --- metrics ---------------------------------------------------------------------------------------------------
 
 
@@ -381,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], help="config override (harvest caps, thresholds)")
     ap.add_argument("--no-single-worker", action="store_true", help="skip modpipe on 1 Ray worker")
+    ap.add_argument("--no-micro", action="store_true", help="skip the per-document CPU-time comparison")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -405,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     truth = TrueJaccard(docs)
     log.info("ground truth: shingle index of %d docs in %.1f s", n, time.perf_counter() - t0)
 
+    micro = None if args.no_micro else micro_cpu(docs, cfg, work)
     rounds = []
     for k in range(args.repeat):
         log.info("round %d/%d: datatrove (%d workers)", k + 1, args.repeat, args.workers)
@@ -440,8 +515,11 @@ def main(argv: list[str] | None = None) -> int:
         "planted_jaccard": {"min": min(p["jaccard"] for p in meta["planted"]),
                             "median": float(np.median([p["jaccard"] for p in meta["planted"]])),
                             "max": max(p["jaccard"] for p in meta["planted"])} if meta["planted"] else None,
-        "rounds": rounds,
+        "rounds": rounds, "per_document_cpu": micro,
     }, indent=2))
+    if micro:
+        print(f"per-document CPU time, 1 thread, {micro['docs']} docs: MinHash {micro['ratio_minhash']}x, "
+              f"Gopher {micro['ratio_gopher']}x less for modpipe ({micro['cpu_ms_per_doc']} ms/doc)")
     print(f"results: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     return 0
 
