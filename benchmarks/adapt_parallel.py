@@ -125,7 +125,7 @@ def main() -> None:
     out_dir = REPO / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"adapt_parallel-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path.write_text(json.dumps(result, indent=2, default=str).replace(str(REPO) + "/", ""))  # repo-relative paths
     print(f"\nK = {args.k} trainers, {cpus} Ray CPUs, {args.epochs} epoch(s), median of {args.repeat} round(s); "
           f"1-min load average per round: {[x['loadavg_1m'] for x in balanced['rounds']]}")
     print(f"{'run':<10} {'sequential s':>13} {'concurrent s':>13} {'speedup':>8} {'ideal':>6} {'goal':>6}")

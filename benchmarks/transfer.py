@@ -70,7 +70,7 @@ def main() -> None:
     out_dir = REPO / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"transfer-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(result, indent=2, default=str))
+    path.write_text(json.dumps(result, indent=2, default=str).replace(str(REPO) + "/", ""))  # repo-relative paths
 
     print(f"\n{metric} on each task's test split; gap = method - full fine-tuning (points); bar: within "
           f"{BAR_POINTS:g} point with <= {BAR_PCT:g}% trainable")
@@ -82,7 +82,7 @@ def main() -> None:
         gap = "" if r.get("gap_to_full") is None else f"{r['gap_to_full']:+.1f}"
         pct = "" if r.get("trainable_pct") is None else f"{r['trainable_pct']:.3f}"
         secs = "" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}"
-        bar = "" if r["method"] == "full" else ("yes" if r["meets_bar"] else "no")
+        bar = "" if r["method"] == "full" or r.get("train_fraction") is None else ("yes" if r["meets_bar"] else "no")
         print(f"{r['task']:<14} {r['method']:<22} {r[metric]:>14.4f} {gap:>7} {pct:>12} {secs:>8}  {bar}")
     if merge:
         print(f"\nmerged LoRA (weights {merge['weights']}) vs each task's own module, {metric} on its test split")

@@ -131,6 +131,7 @@ def test_swap_in_place_keeps_the_backbone_tensors(world, tmp_path):
     assert torch.equal(mm.logits("doc_module", ids, mask), keep)
 
 
+@pytest.mark.slow
 def test_a_module_for_another_backbone_is_refused(tmp_path, tmp_path_factory, ray_local):
     from modpipe.compose import ComposeError, MultiModuleModel
 
