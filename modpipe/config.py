@@ -460,7 +460,10 @@ class AdaptConfig(_Section):
     train_fraction: float = 1.0
     """Seeded, label-stratified share of the train split used (at least one row per label)."""
     lr: float = 2e-3
-    """AdamW learning rate of the LoRA matrices and the head."""
+    """AdamW learning rate of the module's parameters and the head."""
+    method_lr: dict[ModuleMethod, float] = {"full": 1e-4}
+    """Per-method learning rate in place of ``lr``: full fine-tuning moves every backbone weight and diverges at
+    the learning rates that suit adapters (measured: full FT at 2e-3 collapsed to macro-F1 0.016 on py_package)."""
     weight_decay: float = 0.0
     epochs: int = 5
     batch_size: int = 16

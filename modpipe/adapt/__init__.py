@@ -66,6 +66,8 @@ def hparams(cfg: PipelineConfig, **overrides: Any) -> dict[str, Any]:
     lora = dict(a["lora"])
     if "r" in overrides:
         lora["r"] = int(overrides.pop("r"))
+    if "lr" in overrides:  # a learning rate given by the caller (tune) wins over the per-method defaults
+        a["method_lr"] = {}
     a.update(overrides, lora=lora)
     return a
 
@@ -77,8 +79,9 @@ def task_hparams(hp: dict[str, Any], task: str) -> dict[str, Any]:
 
     method = hp.get("methods", {}).get(task, hp["method"])
     section = get_method(method).config_section
-    out = {k: v for k, v in hp.items() if k != "methods" and k not in METHOD_SECTIONS}
+    out = {k: v for k, v in hp.items() if k not in ("methods", "method_lr") and k not in METHOD_SECTIONS}
     out["method"] = method
+    out["lr"] = hp.get("method_lr", {}).get(method, hp["lr"])
     if section:
         out[section] = hp[section]
     return out
