@@ -162,12 +162,77 @@ def _sweep(cfg: PipelineConfig, job: dict, exp_name: str):
                 # seeded random search; with a search_alg instance the concurrency cap must be set on it
                 search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=t.max_concurrent_trials),
             ),
-            run_config=tune.RunConfig(name=exp_name, storage_path=str(storage), verbose=1),
+            run_config=tune.RunConfig(name=exp_name, storage_path=str(storage), verbose=1,
+                                      callbacks=[free_stopped_trial_workers()]),
         )
     before = _placement_groups()
     grid = tuner.fit()
     _remove_leftover_placement_groups(before)
     return grid, exp_path
+
+
+def free_stopped_trial_workers():
+    """A Tune callback (see ``_FreeStoppedTrialWorkers``); ray.tune is imported only when a sweep runs."""
+    from ray.tune import Callback
+
+    return type("FreeStoppedTrialWorkers", (_FreeStoppedTrialWorkers, Callback), {})()
+
+
+class _FreeStoppedTrialWorkers:
+    """Tune callback mixin: during the sweep, remove placement groups that stopped trials left behind.
+
+    When ASHA stops a trial its driver is killed, and the TorchTrainer's worker-group placement group can stay
+    reserved (Train V2's cleaner actor does not always get to it); on a small cluster the next trial then waits
+    for CPUs forever. Every few seconds this looks for placement groups of this job created during the sweep
+    that no live actor uses, and removes those found orphaned on two checks in a row (a starting trial's
+    group gets its actors right after creation, so it is never orphaned twice). Needs the state API (dashboard);
+    without it the sweep goes on and the leftovers are removed after the sweep.
+    """
+
+    EVERY_S = 3.0
+
+    def __init__(self) -> None:
+        import ray
+
+        self.before = _placement_groups()
+        self.job = ray.get_runtime_context().get_job_id()
+        self.suspects: set[str] = set()
+        self.last = 0.0
+        self.enabled = True
+
+    def _orphans(self) -> set[str]:
+        import ray
+        from ray.util.state import list_actors
+
+        ours = {pg for pg, info in ray.util.placement_group_table().items()
+                if pg not in self.before and pg.endswith(self.job) and info.get("state") == "CREATED"}
+        if not ours:
+            return set()
+        used = {a.placement_group_id for a in list_actors(address=ray.get_runtime_context().gcs_address,
+                                                           filters=[("state", "!=", "DEAD")], limit=10_000,
+                                                           detail=True, raise_on_missing_output=False)
+                if a.placement_group_id}
+        return ours - used
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        import time
+
+        import ray
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+        if not self.enabled or time.monotonic() - self.last < self.EVERY_S:
+            return
+        self.last = time.monotonic()
+        try:
+            orphans = self._orphans()
+        except Exception as err:  # noqa: BLE001 - no state API (no dashboard): clean up after the sweep only
+            log.warning("tune: cannot list actors (%s); leftover placement groups are removed after the sweep", err)
+            self.enabled = False
+            return
+        for pg_id in orphans & self.suspects:
+            log.info("tune: removing placement group %s left by a stopped trial", pg_id)
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+        self.suspects = orphans - self.suspects
 
 
 def _placement_groups() -> set[str]:

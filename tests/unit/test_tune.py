@@ -85,3 +85,36 @@ def test_rerun_reuses_and_lost_output_is_restored_from_the_sweep(tuned, world):
     shutil.rmtree(out["tune_dir"])
     restored = tune.run(cfg, str(world["backbone"]), str(world["tasks_dir"]))
     assert json.loads(Path(restored["best_config"]).read_text()) == best_before
+
+
+def test_placement_groups_of_stopped_trials_are_freed_during_the_sweep(ray_local):
+    """A placement group no live actor uses (what a killed trial's TorchTrainer leaves) is removed after two checks;
+    one whose actor lives is kept."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from modpipe.tune import free_stopped_trial_workers
+
+    callback = free_stopped_trial_workers()
+    orphan, used = placement_group([{"CPU": 0.5}]), placement_group([{"CPU": 0.5}])
+    ray.get([orphan.ready(), used.ready()])
+
+    @ray.remote(num_cpus=0.5)
+    class Worker:
+        def ping(self) -> int:
+            return 1
+
+    worker = Worker.options(scheduling_strategy=PlacementGroupSchedulingStrategy(used)).remote()
+    assert ray.get(worker.ping.remote()) == 1
+    try:
+        callback.on_step_end(0, [])
+        assert callback.enabled and callback.suspects == {orphan.id.hex()}
+        callback.last -= callback.EVERY_S
+        callback.on_step_end(1, [])
+        table = ray.util.placement_group_table()
+        assert table[orphan.id.hex()]["state"] == "REMOVED"
+        assert table[used.id.hex()]["state"] == "CREATED"
+    finally:
+        ray.kill(worker)
+        remove_placement_group(used)
