@@ -1,0 +1,203 @@
+"""Config sections of adapt (module kinds, freeze policies), tune and transfer."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import field_validator
+
+from modpipe.config_base import _Section
+
+
+class LoraConfig(_Section):
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = ["q_proj", "v_proj"]
+
+
+class IA3Config(_Section):
+    """IA3 (PEFT): learned scaling vectors on these projections' activations."""
+
+    target_modules: list[str] = ["k_proj", "v_proj", "down_proj"]
+    feedforward_modules: list[str] = ["down_proj"]
+    """Subset of ``target_modules`` scaled on their input (feed-forward) rather than their output."""
+
+
+class PrefixConfig(_Section):
+    """Prefix tuning (learned key/value prefixes in every block) and prompt tuning (learned input embeddings)."""
+
+    num_virtual_tokens: int = 8
+
+
+class BottleneckConfig(_Section):
+    """Bottleneck adapter (down-project, nonlinearity, up-project, residual) after block sublayers."""
+
+    reduction_factor: int = 16
+    """Bottleneck width = hidden_size // reduction_factor (at least 1)."""
+    placement: Literal["pfeiffer", "houlsby"] = "pfeiffer"
+    """pfeiffer: one adapter after each block's feed-forward; houlsby: after attention and after feed-forward."""
+    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+
+
+class FreezeConfig(_Section):
+    """Which backbone weights train besides the module (method ``full`` trains everything)."""
+
+    policy: Literal["frozen", "top_k", "progressive"] = "frozen"
+    """frozen: backbone fixed; top_k: the top ``top_k`` blocks train too; progressive: one more block (from the
+    top) unfreezes every ``unfreeze_every`` optimizer steps."""
+    top_k: int = 1
+    unfreeze_every: int = 50
+    layer_lr_decay: float = 1.0
+    """Layer-wise learning-rate decay: block i of L trains at ``lr * decay ** (L - i)`` (embeddings one step
+    lower, head and final norm at ``lr``); 1.0 turns it off."""
+    gradient_checkpointing: bool = False
+    """Recompute block activations in the backward pass (less memory, more compute)."""
+
+    @field_validator("top_k", "unfreeze_every")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("layer_lr_decay")
+    @classmethod
+    def _decay(cls, v: float) -> float:
+        if not 0.0 < v <= 1.0:
+            raise ValueError("must be in (0, 1]")
+        return v
+
+
+ModuleMethod = Literal["lora", "ia3", "prefix", "prompt", "bottleneck", "linear_probe", "full"]
+
+
+class AdaptConfig(_Section):
+    """One module (``method``, per task ``methods``) + head per task on the backbone under a freeze policy; one Ray
+    Train run per task, concurrently within the cluster's free resources."""
+
+    tasks: list[str] = ["man_section", "man_language", "py_package"]
+    """Tasks (folders of curate's tasks_dir) to adapt; when none exists there, every task found is adapted."""
+    method: ModuleMethod = "lora"
+    """Module kind of every task: lora | ia3 (PEFT), prefix | prompt (PEFT), bottleneck (adapter), linear_probe
+    (head only, backbone frozen) | full (every weight trains)."""
+    methods: dict[str, ModuleMethod] = {}
+    """Per-task override of ``method``, e.g. ``{man_language: bottleneck}``."""
+    head: Literal["linear", "mlp"] = "linear"
+    """Task head on the last non-pad token's hidden state: one linear layer, or linear-activation-linear."""
+    lora: LoraConfig = LoraConfig()
+    ia3: IA3Config = IA3Config()
+    prefix: PrefixConfig = PrefixConfig()
+    """Used by methods prefix and prompt."""
+    bottleneck: BottleneckConfig = BottleneckConfig()
+    freeze: FreezeConfig = FreezeConfig()
+    train_fraction: float = 1.0
+    """Seeded, label-stratified share of the train split used (at least one row per label)."""
+    lr: float = 2e-3
+    """AdamW learning rate of the module's parameters and the head."""
+    method_lr: dict[ModuleMethod, float] = {"full": 1e-4}
+    """Per-method learning rate in place of ``lr``: full fine-tuning moves every backbone weight and diverges at
+    the learning rates that suit adapters (measured: full FT at 2e-3 collapsed to macro-F1 0.016 on py_package)."""
+    weight_decay: float = 0.0
+    epochs: int = 5
+    batch_size: int = 16
+    """Rows per worker per step (global batch = batch_size * num_workers_per_task); also the eval batch."""
+    max_length: int = 256
+    """Tokens per example (truncation); keep <= model.max_position_embeddings."""
+    select_metric: str = "val_macro_f1"
+    """Validation metric (reported each epoch) that picks the epoch whose adapter becomes the module."""
+    num_workers_per_task: int = 1
+    """Ray Train workers per task (DDP when > 1)."""
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    """Fractional GPUs per trainer worker (with ``use_gpu``; 0 there means one whole GPU)."""
+    use_gpu: bool = False
+    max_failures: int = 1
+    """Worker-group restarts per task (each resumes from the task's latest epoch checkpoint)."""
+    task_retries: int = 1
+    """Times a failed task is trained again (after the others were started) before it is reported failed."""
+
+    @field_validator("train_fraction")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0.0 < v <= 1.0:
+            raise ValueError("must be in (0, 1]")
+        return v
+
+    @field_validator("cpus_per_worker", "gpus_per_worker", "task_retries")
+    @classmethod
+    def _non_negative(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("epochs", "batch_size", "max_length", "num_workers_per_task")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("select_metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if v not in ("val_macro_f1", "val_accuracy"):
+            raise ValueError("must be val_macro_f1 or val_accuracy")
+        return v
+
+
+class TuneConfig(_Section):
+    """Ray Tune (ASHA over epochs) on one task: learning rate x LoRA rank; other hparams from ``adapt``."""
+
+    enabled: bool = True
+    task: str = "man_section"
+    """Task to tune; when absent from tasks_dir, the first task adapt would train."""
+    num_samples: int = 4
+    """Trials (each one Ray Train run of ``adapt.num_workers_per_task`` workers)."""
+    max_concurrent_trials: int = 2
+    lr_min: float = 3e-4
+    lr_max: float = 1e-2
+    """Learning rate is sampled log-uniformly in [lr_min, lr_max]."""
+    ranks: list[int] = [4, 8, 16]
+    """LoRA ranks to choose from."""
+    epochs: int = 2
+    """Epochs per trial (ASHA max_t)."""
+    grace_period: int = 1
+    """Epochs every trial runs before ASHA may stop it."""
+    metric: str = "val_macro_f1"
+    """Validation metric maximised; the best config is the best (trial, epoch) on it."""
+
+    @field_validator("num_samples", "max_concurrent_trials", "epochs", "grace_period")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+
+class TransferConfig(_Section):
+    """Transfer evaluation (``modpipe transfer``): every task x module method through the adapt stage, a
+    sample-efficiency curve over train fractions, the router over the other tasks' modules, external baselines."""
+
+    methods: list[ModuleMethod] = ["lora", "ia3", "prefix", "bottleneck", "linear_probe", "full"]
+    """Methods trained on the whole train split (``adapt.train_fraction`` = 1); ``full`` is the reference."""
+    fractions: list[float] = [0.01, 0.1, 1.0]
+    """Train fractions of the sample-efficiency curve."""
+    curve_methods: list[ModuleMethod] = ["lora", "linear_probe", "full"]
+    """Methods also trained at every fraction below 1 (each costs one adapt run per fraction)."""
+    tasks: list[str] = []
+    """Tasks evaluated; empty: those ``adapt`` would train."""
+    metric: Literal["test_macro_f1", "test_accuracy"] = "test_macro_f1"
+    """Headline metric of the table and the curve (the others are reported beside it)."""
+    router: bool = True
+    """Per task, a learned router over the other tasks' LoRA modules, next to that task's fresh LoRA module."""
+    router_epochs: int = 30
+    langid_task: str = "man_language"
+    """Task that also gets the offline language-ID baseline (py3langid); skipped when absent."""
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 < f <= 1.0 for f in v):
+            raise ValueError("each fraction must be in (0, 1]")
+        return sorted(set(v))
