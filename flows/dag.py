@@ -1,39 +1,57 @@
-"""The whole DAG: curate (+contracts) -> pretrain -> adapt -> tune -> publish, each stage a subflow."""
+"""Thin Prefect flows over modpipe's one step list: the whole DAG, and one step (with what it reads).
 
-import time
+Both flows parse the config once and hand it to ``modpipe.pipeline.run``, which walks ``modpipe/steps.py``
+through the executor; here each step becomes a Prefect task (retried only on transient errors) and publishes
+its artifacts. Every deployment in prefect.yaml points at one of these two flows.
+"""
 
-from prefect import flow
+from __future__ import annotations
 
-from flows.adapt import adapt_flow
-from flows.curate import curate_flow
-from flows.pretrain import pretrain_flow
-from flows.publish import publish_flow
-from flows.tune import tune_flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
+
+from flows.artifacts import publish_artifacts, publish_failure, retry_transient, run_summary
+from modpipe import pipeline, steps
 from modpipe.config import load_config
-from modpipe.pipeline import write_summary
+
+
+@task(retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def step_task(call, step, cfg, force: bool):
+    # A retry (transient errors only) must rebuild what the failed attempt recorded as failed.
+    try:
+        result = call(force or (task_run.run_count or 1) > 1)
+    except Exception as err:
+        publish_failure(cfg, step.name, err)
+        raise
+    publish_artifacts(cfg, step.name, result)
+    return result
+
+
+def _run(config_path: str | None, overrides: list[str] | None, targets: list[str], force: bool) -> dict:
+    cfg = load_config(config_path, overrides or [])
+
+    def runner(call, step):
+        return step_task.with_options(name=step.name)(call, step, cfg, force)
+
+    try:
+        summary = pipeline.run(cfg, targets, force=force, runner=runner)
+    except Exception:
+        run_summary(cfg)
+        raise
+    run_summary(cfg)
+    return summary
 
 
 @flow(name="modpipe-dag", log_prints=True)
-def dag_flow(config_path: str | None = None, overrides: list[str] | None = None) -> dict:
-    args = {"config_path": config_path, "overrides": overrides}
-    timings: dict[str, float] = {}
+def dag_flow(config_path: str | None = None, overrides: list[str] | None = None, force: bool = False) -> dict:
+    """The whole DAG: every step of modpipe/steps.py marked in_dag, in order; finished steps are reused."""
+    return _run(config_path, overrides, steps.dag_targets(), force)
 
-    def timed(name, fn, **kw):
-        t0 = time.perf_counter()
-        out = fn(**args, **kw)
-        timings[name] = round(time.perf_counter() - t0, 2)
-        print(f"stage {name}: {timings[name]:.1f} s")
-        return out
 
-    curated = timed("curate", curate_flow)
-    trained = timed("pretrain", pretrain_flow, curated=curated)
-    adapted = timed("adapt", adapt_flow, backbone=trained["backbone"], tasks_dir=curated["tasks_dir"])
-    tuned = timed("tune", tune_flow, backbone=trained["backbone"], tasks_dir=curated["tasks_dir"])
-    published = timed(
-        "publish", publish_flow,
-        backbone=trained["backbone"], modules=adapted["modules"], manifest=curated["manifest"],
-    )
-    return write_summary(load_config(config_path, overrides), {
-        "curate": curated, "pretrain": trained, "adapt": adapted, "tune": tuned,
-        "publish": published, "timings_s": timings,
-    })
+@flow(name="modpipe-step", log_prints=True)
+def step_flow(step: str, config_path: str | None = None, overrides: list[str] | None = None,
+              force: bool = False) -> dict:
+    """One step and every step it reads (reused when already built); gates hold as in the whole DAG."""
+    steps.get(step)  # an unknown name fails before anything starts
+    return _run(config_path, overrides, [step], force)

@@ -1,7 +1,8 @@
 """`modpipe` command line: the whole DAG or one stage, on the embedded default or a user config.
 
 Every command takes ``--config FILE`` and repeated ``--set key.path=value``; on failure it prints one line
-``error: <reason>`` to stderr and exits non-zero.  The stage commands are also the Ray job entrypoints:
+``error: <reason>`` to stderr and exits non-zero.  ``run`` and one command per step of ``modpipe/steps.py`` go
+through the one executor; the step commands are also the Ray job entrypoints:
 ``ray job submit --working-dir . -- python -m modpipe curate --set run_dir=/shared/runs/x``.
 """
 
@@ -77,25 +78,33 @@ def _emit(result: Any) -> None:
     print(json.dumps(result, indent=2, default=str))
 
 
+ForceOpt = Annotated[bool, typer.Option("--force", help="rebuild steps whose last attempt failed")]
+RunIdOpt = Annotated[Optional[str], typer.Option("--run-id", help="name this run (default: <UTC time>-<hex>)")]
+
+
 @app.command()
 def run(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     engine: Annotated[str, typer.Option(help="prefect: the Prefect DAG flow; local: plain calls (Ray jobs)")] = "prefect",
+    force: ForceOpt = False,
+    run_id: RunIdOpt = None,
 ) -> None:
-    """Run the whole DAG."""
+    """Run the whole DAG (every step of modpipe/steps.py that is part of it); finished steps are reused."""
     _setup_logging()
 
     def go():
+        from modpipe import steps
+
         cfg = _load(config, set_)  # validate before starting anything
         if engine == "prefect":
             from flows.dag import dag_flow  # lazy: the library itself never imports prefect
 
-            return dag_flow(config_path=config, overrides=list(set_ or []))
+            return dag_flow(config_path=config, overrides=list(set_ or []), force=force)
         if engine == "local":
-            from modpipe.pipeline import run_all
+            from modpipe.pipeline import run as run_pipeline
 
-            return run_all(cfg)
+            return run_pipeline(cfg, steps.dag_targets(), run_id=run_id, force=force)
         raise ConfigError(f"--engine must be 'prefect' or 'local', not {engine!r}")
 
     result = _guard(go)
@@ -104,99 +113,56 @@ def run(
 
 
 def _print_run_table(result: dict) -> None:
-    t = Table(title="modpipe run")
-    t.add_column("stage")
-    t.add_column("seconds", justify="right")
-    for k, v in (result.get("timings_s") or {}).items():
-        t.add_row(k, f"{v:.1f}")
+    t = Table(title=f"modpipe run {result.get('run_id')}: {result.get('outcome')}")
+    for col in ("step", "state", "seconds"):
+        t.add_column(col, justify="right" if col == "seconds" else "left")
+    for name, s in (result.get("steps") or {}).items():
+        t.add_row(name, "reused" if s.get("skipped") else str(s.get("state")), f"{s.get('seconds') or 0:.1f}")
     console.print(t)
     pub = result.get("publish") or {}
     for r in pub.get("registered", []):
         console.print(f"registered {r.get('name')} v{r.get('version')}")
     for r in pub.get("rejected", []):
         console.print(f"not published: {r.get('task')}: {r.get('reason')}")
-    dd = (result.get("curate") or {}).get("data_docs") or (result.get("contracts") or {}).get("data_docs")
+    dd = (result.get("contracts") or {}).get("data_docs")
     if dd:
         console.print(f"Data Docs: {dd}")
     console.print(f"summary: {result.get('summary')}")
     console.print(f"report: {result.get('report')}")
 
 
-@app.command()
-def curate(config: ConfigOpt = None, set_: SetOpt = None, validate: bool = True) -> None:
-    """Harvest/read raw text, clean, dedup, filter, decontaminate, tokenize into shards; check contracts."""
-    _setup_logging()
+def _step_command(name: str, help_text: str) -> None:
+    """``modpipe <step>``: that step and what it reads, through the same executor and gates as ``modpipe run``.
+    These are also the Ray job entrypoints (``ray job submit -- python -m modpipe <step> ...``)."""
 
-    def go():
-        from modpipe import contracts
-        from modpipe import curate as stage
+    def command(config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False,
+                run_id: RunIdOpt = None) -> None:
+        _setup_logging()
 
-        cfg = _load(config, set_)
-        out = stage.run(cfg)
-        if validate and cfg.contracts.enabled:
-            checked = contracts.run(cfg, out)
-            console.print(f"Data Docs: {checked['data_docs']}")
-            out = {**out, **checked}
-        return out
+        def go():
+            from modpipe.pipeline import run as run_pipeline
 
-    _emit(_guard(go))
+            summary = run_pipeline(_load(config, set_), [name], run_id=run_id, force=force)
+            out = {"run_id": summary["run_id"], "step": summary["steps"][name], **summary[name]}
+            for r in out.get("rejected", []) if name == "publish" else []:
+                console.print(f"not published: {r['task']}: {r['reason']}")
+            if name == "contracts":
+                console.print(f"Data Docs: {out.get('data_docs')}")
+            return out
 
+        _emit(_guard(go))
 
-def _stage(name: str, config: str | None, set_: list[str] | None) -> None:
-    _setup_logging()
-
-    def go():
-        from modpipe.pipeline import run_stage
-
-        out = run_stage(_load(config, set_), name)
-        for r in out.get("rejected", []) if name == "publish" else []:
-            console.print(f"not published: {r['task']}: {r['reason']}")
-        return out
-
-    _emit(_guard(go))
+    app.command(name=name, help=help_text + " Upstream steps are reused when built, built otherwise.")(command)
 
 
-@app.command()
-def pretrain(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Pretrain the backbone (DeepSpeed ZeRO inside Ray Train); curates first if needed."""
-    _stage("pretrain", config, set_)
+def _register_step_commands() -> None:
+    from modpipe.steps import STEPS
+
+    for step in STEPS:
+        _step_command(step.name, step.help)
 
 
-@app.command()
-def adapt(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Train one LoRA module + head per task on the frozen backbone, tasks in parallel."""
-    _stage("adapt", config, set_)
-
-
-@app.command()
-def tune(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Ray Tune (ASHA) over learning rate and LoRA rank for one task."""
-    _stage("tune", config, set_)
-
-
-@app.command()
-def publish(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Gate the modules and register those that pass in the MLflow registry."""
-    _stage("publish", config, set_)
-
-
-@app.command()
-def transfer(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Transfer report: every task x module method (and train fraction), router, external baselines; HTML + PNG."""
-    _setup_logging()
-
-    def go():
-        from modpipe.evaluate import transfer as stage
-        from modpipe.pipeline import run_stage
-
-        cfg = _load(config, set_)
-        curated = run_stage(cfg, "curate")
-        backbone = run_stage(cfg, "pretrain", curated=curated)["backbone"]
-        out = stage.run(cfg, backbone, curated["tasks_dir"])
-        console.print(f"transfer report: {out['report']}")
-        return {k: v for k, v in out.items() if k != "rows"}
-
-    _emit(_guard(go))
+_register_step_commands()
 
 
 @registry_app.command("list")

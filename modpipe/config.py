@@ -18,7 +18,7 @@ from modpipe.config_adapt import (  # noqa: F401 - re-exported: every section is
     AdaptConfig, BottleneckConfig, FreezeConfig, IA3Config, LoraConfig, ModuleMethod, PrefixConfig, TransferConfig,
     TuneConfig,
 )
-from modpipe.config_base import ConfigError, _Section  # noqa: F401
+from modpipe.config_base import ConfigError, _Section, unversioned  # noqa: F401
 from modpipe.config_curate import (  # noqa: F401 - re-exported
     CurateConfig, DecontamConfig, GopherConfig, LanguageConfig, MinHashConfig, PiiConfig, RepetitionConfig,
 )
@@ -91,9 +91,10 @@ class TasksConfig(_Section):
 class ContractsConfig(_Section):
     """Great Expectations suites checked on the raw corpus, curated docs, token shards and task splits."""
 
-    suites_dir: str = str(REPO_ROOT / "data_contracts")
-    """One GX ExpectationSuite JSON per dataset kind (see data_contracts/README.md)."""
-    enabled: bool = True
+    suites_dir: str = unversioned(str(REPO_ROOT / "data_contracts"))
+    """One GX ExpectationSuite JSON per dataset kind (see data_contracts/README.md); their content, not this
+    path, is part of the contracts step's version. There is no switch to turn the contracts off: every consumer
+    of curated data requires them to have passed."""
     max_rows: int = 20_000
     """Rows validated per dataset; larger datasets are sampled (seeded by ``seed``)."""
     # Bounds the bundled suites read as $PARAMETER contracts_<field>; each suite sets the severity.
@@ -159,16 +160,16 @@ class PretrainConfig(_Section):
     """GPU workers: nccl process group, bf16 on; CPU workers: gloo, fp32, torch AdamW."""
     zero_stage: int = 2
     """Overrides zero_optimization.stage of the DeepSpeed JSON (0-3)."""
-    deepspeed_config: str = str(REPO_ROOT / "infra" / "deepspeed" / "zero2.json")
-    """DeepSpeed JSON; batch sizes, lr, schedule length, stage and bf16 are filled in from this section."""
-    checkpoint_every: int = 40
+    deepspeed_config: str = unversioned(str(REPO_ROOT / "infra" / "deepspeed" / "zero2.json"))
+    """DeepSpeed JSON (its content, not its path, is part of the step's version); batch sizes, lr, schedule length, stage and bf16 are filled in from this section."""
+    checkpoint_every: int = unversioned(40)
     """Steps between checkpoints reported to Ray Train (a rerun resumes from the latest)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = unversioned(2)
     """Checkpoints Ray Train keeps under <run_dir>/pretrain/ray."""
-    max_failures: int = 0
+    max_failures: int = unversioned(0)
     """Worker-group restarts Ray Train attempts (each resumes from the latest checkpoint)."""
-    log_every: int = 10
-    peak_tflops: float = 989.0
+    log_every: int = unversioned(10)
+    peak_tflops: float = unversioned(989.0)
     """Per-GPU dense bf16 peak used for MFU (H100 SXM)."""
 
     @field_validator("zero_stage")

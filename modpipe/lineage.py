@@ -76,7 +76,12 @@ def library_versions(names: tuple[str, ...] = (
 
 
 class StepDir:
-    """The output directory of one stage run: ``<root>/<name>-<fp>``."""
+    """A content-addressed output directory ``<root>/<name>-<fp>`` (raw harvests, per-task modules).
+
+    Safe under concurrency: each builder writes its own temp dir (named by host and pid) and renames it into
+    place under a lock; when another builder finished first, its dir is kept and ours is dropped. A complete
+    dir is never deleted or overwritten; temp dirs of builders that died on this host are removed.
+    """
 
     def __init__(self, root: str | Path, name: str, fp: str):
         self.root = Path(root)
@@ -88,11 +93,31 @@ class StepDir:
         return (self.path / PROVENANCE).is_file()
 
     @contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl
+
+        fd = os.open(self.root / f".{self.name}-{self.fp}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _remove_dead_temps(self) -> None:
+        host = platform.node()
+        for tmp in self.root.glob(f".tmp-{self.name}-{self.fp}-{host}-*"):
+            pid = tmp.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    @contextmanager
     def building(self, config: Any = None, inputs: dict[str, Any] | None = None) -> Iterator[Path]:
         """Yield a temp dir to write into; on success write provenance and rename it into place."""
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".tmp-{self.name}-{self.fp}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        with self._locked():
+            self._remove_dead_temps()
+        tmp = self.root / f".tmp-{self.name}-{self.fp}-{platform.node()}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)  # ours: the same pid on the same host
         tmp.mkdir(parents=True)
         started = time.time()
         try:
@@ -112,6 +137,20 @@ class StepDir:
             "seconds": round(time.time() - started, 3),
         }
         (tmp / PROVENANCE).write_text(json.dumps(record, indent=2, default=str))
-        if self.path.exists():  # an incomplete leftover without provenance
-            shutil.rmtree(self.path)
-        os.replace(tmp, self.path)
+        with self._locked():
+            if self.done():  # another builder finished first: same inputs, so keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            if self.path.exists():  # a dir without provenance: not a finished build; set it aside
+                os.replace(self.path, self.root / f".incomplete-{self.name}-{self.fp}-{os.getpid()}")
+            os.replace(tmp, self.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,83 +1,80 @@
-"""The DAG as plain function calls: what `modpipe run --engine local` and `ray job submit` run.
+"""A run: some steps of the DAG (``modpipe/steps.py``) through the executor, then the run summary and report.
 
-The Prefect DAG flow (flows/dag.py) chains the same stage entry functions, one subflow each.
-Every stage is fingerprinted, so rerunning after a failure resumes at the first unfinished stage.
+``run(cfg, targets)`` is what every entry point calls: ``modpipe run`` / ``modpipe <step>`` (local engine and Ray
+jobs), the Prefect flows (which pass a ``runner`` that makes each step a task). A failed run still writes its
+summary and report (outcome, the failed step and why) before the error propagates.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 from modpipe.config import PipelineConfig
+from modpipe.executor import Runner, StepResult, new_run_id, run_steps
 
 log = logging.getLogger("modpipe.pipeline")
 
 
-def _timed(name: str, fn: Callable[[], dict], timings: dict[str, float]) -> dict:
-    log.info("stage %s: start", name)
-    t0 = time.perf_counter()
-    out = fn()
-    timings[name] = round(time.perf_counter() - t0, 2)
-    log.info("stage %s: done in %.1f s", name, timings[name])
-    return out
+def run(cfg: PipelineConfig, targets: list[str], *, run_id: str | None = None, force: bool = False,
+        runner: Runner | None = None) -> dict[str, Any]:
+    """Run ``targets`` (and what they read); returns the run summary (also in ``<run_dir>/runs/<run_id>.json``)."""
+    run_id = run_id or new_run_id()
+    results: dict[str, StepResult] = {}
+    t0 = time.time()
+
+    failed: list[str] = []
+
+    def record(call, step):
+        try:
+            res = runner(call, step) if runner else call()
+        except BaseException:
+            failed.append(step.name)
+            raise
+        results[step.name] = res
+        return res
+
+    try:
+        run_steps(cfg, targets, run_id=run_id, force=force, runner=record)
+    except BaseException as err:
+        write_summary(cfg, run_id, targets, results, t0, error=err, failed_step=failed[-1] if failed else None)
+        raise
+    return write_summary(cfg, run_id, targets, results, t0)
 
 
-def run_all(cfg: PipelineConfig) -> dict[str, Any]:
-    from modpipe import adapt, contracts, curate, pretrain, registry, tune
-
-    timings: dict[str, float] = {}
-    curated = _timed("curate", lambda: curate.run(cfg), timings)
-    checked = _timed("contracts", lambda: contracts.run(cfg, curated), timings) if cfg.contracts.enabled else {}
-    trained = _timed("pretrain", lambda: pretrain.run(cfg, curated), timings)
-    adapted = _timed("adapt", lambda: adapt.run(cfg, trained["backbone"], curated["tasks_dir"]), timings)
-    tuned = _timed("tune", lambda: tune.run(cfg, trained["backbone"], curated["tasks_dir"]), timings)
-    published = _timed(
-        "publish",
-        lambda: registry.publish(cfg, trained["backbone"], adapted["modules"], curated["manifest"]),
-        timings,
-    )
-    return write_summary(cfg, {
-        "curate": curated, "contracts": checked, "pretrain": trained, "adapt": adapted,
-        "tune": tuned, "publish": published, "timings_s": timings,
-    })
-
-
-def write_summary(cfg: PipelineConfig, summary: dict[str, Any]) -> dict[str, Any]:
-    """Write <run_dir>/run_summary.json and report.html (paths, metrics, registry result, timings)."""
+def write_summary(cfg: PipelineConfig, run_id: str, targets: list[str], results: dict[str, StepResult],
+                  started: float, error: BaseException | None = None,
+                  failed_step: str | None = None) -> dict[str, Any]:
+    """``<run_dir>/runs/<run_id>.json`` + ``.html``; ``run_summary.json`` / ``report.html`` point at the latest."""
     from modpipe.report import write_run_report
 
-    cfg.run_path.mkdir(parents=True, exist_ok=True)
-    path = cfg.run_path / "run_summary.json"
-    report = write_run_report(summary, cfg.run_path / "report.html")
+    summary: dict[str, Any] = {
+        "run_id": run_id, "targets": list(targets), "outcome": "failed" if error else "succeeded",
+        "error": None if error is None else f"{type(error).__name__}: {str(error).strip()}",
+        "failed_step": failed_step,
+        "started": started, "seconds": round(time.time() - started, 2),
+        "steps": {**{n: r.summary() for n, r in results.items()},
+                  **({failed_step: {"step": failed_step, "state": "failed", "skipped": False, "seconds": None,
+                                    "error": f"{type(error).__name__}: {error}"}} if failed_step else {})},
+        "timings_s": {n: r.seconds for n, r in results.items()},
+        **{n: r.outputs for n, r in results.items()},
+    }
+    runs = cfg.run_path / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    path = runs / f"{run_id}.json"
+    report = write_run_report(summary, runs / f"{run_id}.html")
     summary = {**summary, "summary": str(path), "report": report}
-    path.write_text(json.dumps(summary, indent=2, default=str))
+    _atomic_write(path, json.dumps(summary, indent=2, default=str))
+    for latest, src in (("run_summary.json", path), ("report.html", Path(report))):
+        _atomic_write(cfg.run_path / latest, src.read_text())  # the latest run, replaced whole
     return summary
 
 
-STAGES = ("curate", "contracts", "pretrain", "adapt", "tune", "publish")
-
-
-def run_stage(cfg: PipelineConfig, name: str, *, curated: dict | None = None, backbone: str | None = None,
-              modules: dict | None = None) -> dict[str, Any]:
-    """Run one stage; upstream outputs not given are built, or reused by fingerprint when already there."""
-    from modpipe import adapt, contracts, curate, pretrain, registry, tune
-
-    if name not in STAGES:
-        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    if name == "curate":
-        return curate.run(cfg)
-    curated = curated or curate.run(cfg)
-    if name == "contracts":
-        return contracts.run(cfg, curated)
-    if name == "pretrain":
-        return pretrain.run(cfg, curated)
-    backbone = backbone or pretrain.run(cfg, curated)["backbone"]
-    if name == "adapt":
-        return adapt.run(cfg, backbone, curated["tasks_dir"])
-    if name == "tune":
-        return tune.run(cfg, backbone, curated["tasks_dir"])
-    modules = modules or adapt.run(cfg, backbone, curated["tasks_dir"])["modules"]
-    return registry.publish(cfg, backbone, modules, curated["manifest"])
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

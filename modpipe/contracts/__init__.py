@@ -1,6 +1,7 @@
 """Contracts stage: validate the curate output with Great Expectations suites and build Data Docs.
 
-``run(cfg, curate_out)`` -> ``{"data_docs": <index.html>, "results": <results JSON>}``.
+``run(cfg, ctx)`` (the ``contracts`` step, ``modpipe/steps.py``) -> ``{"data_docs": <index.html>, "results":
+<results JSON>, "warnings", "counts", "datasets"}``, written into the step dir.
 
 Datasets and their suites (files in ``cfg.contracts.suites_dir``):
 
@@ -16,10 +17,11 @@ task_dataset      ``tasks_dir/<task>/{train,val,test}``    ``datasets.read_task`
 Text columns (``derive.py``): text hash (duplicate rate), language and its share, token counts under the run's
 tokenizer (``curate_out["tokenizer"]``).  Any other dataset: ``validate_path`` / ``python -m modpipe.contracts``.
 
-Everything validates first, Data Docs are rebuilt, a results JSON is written under ``<run_dir>/contracts``; then,
-if any error-severity expectation failed, ``ContractViolation`` is raised naming suite, expectation, column, data
-path and Data Docs.  Warnings are only reported.  A passing result for the same inputs (curate dir, manifest
-digest, suite files, the config values the suites use, sampling) is reused without importing GX.
+Everything validates first, Data Docs are built and a results JSON is written in the step dir; then, if any
+error-severity expectation failed (or a dataset is missing or empty, or there is none), ``ContractViolation`` is
+raised naming suite, expectation, column, data path and Data Docs.  Warnings are only reported.  The executor
+keeps a failed attempt as ``<step dir>.failed-<run_id>``: every consumer (``modpipe.gates``) refuses the curate
+output until a contracts record for it says succeeded.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from modpipe.contracts.datasets import Dataset, read_docs, read_raw, read_shards
 from modpipe.contracts.suites import (
     STOPS, SuiteError, check_parameters, config_parameters, load_suite_spec, referenced_parameters,
 )
-from modpipe.lineage import fingerprint, sha256_file
+from modpipe.lineage import sha256_file
+
+SUITES = ("raw_corpus", "curated_docs", "curated_shards", "task_dataset")
 
 log = logging.getLogger("modpipe.contracts")
 
@@ -80,7 +84,8 @@ def describe(f: dict[str, Any]) -> str:
 def _violation_message(failed: list[dict[str, Any]], data_docs: str | None) -> str:
     lines = [f"data contract failed ({len(failed)} error-severity expectation(s)):"]
     for f in failed:
-        lines.append(f"  suite {f['suite']!r} on {f['data']} ({f['data_path']}): {describe(f)}")
+        what = f["exception"] if f.get("structural") else describe(f)
+        lines.append(f"  suite {f['suite']!r} on {f['data']} ({f['data_path']}): {what}")
     if data_docs:
         lines.append(f"Data Docs: {data_docs}")
     return "\n".join(lines)
@@ -170,70 +175,73 @@ def _load_datasets(paths: dict[str, Path | None], max_rows: int, seed: int) -> l
     return out
 
 
-def run(cfg: PipelineConfig, curate_out: dict[str, Any]) -> dict[str, str]:
-    """Validate every dataset of the curate output; raise ContractViolation on an error-severity failure."""
-    out_dir = cfg.run_path / "contracts"
-    paths = _inputs(curate_out)
-    missing = [k for k, p in paths.items() if p is None or not p.exists()]
-    if missing:
-        log.warning("contracts: not validated (absent in curate output): %s", ", ".join(missing))
+def suites_digest(cfg: PipelineConfig) -> dict[str, str]:
+    """sha256 of each bundled suite file in ``contracts.suites_dir`` (part of the contracts step's version)."""
+    return {n: sha256_file(load_suite_spec(n, cfg.contracts.suites_dir)["path"]) for n in SUITES}
 
-    specs = {n: load_suite_spec(n, cfg.contracts.suites_dir)
-             for n in ("raw_corpus", "curated_docs", "curated_shards", "task_dataset")}
+
+def run(cfg: PipelineConfig, ctx) -> dict[str, Any]:
+    """The contracts step: validate every dataset of the curate output into ``ctx.out`` (results + Data Docs).
+
+    Fails closed: a dataset kind absent from the curate output, no dataset at all, or an empty dataset is an
+    error like a failed error-severity expectation; all raise ``ContractViolation`` after the results and Data
+    Docs are written (they stay in the failed record ``<step dir>.failed-<run_id>/``)."""
+    failed_dir = ctx.final.parent / f"{ctx.final.name}.failed-{ctx.run_id}"
+    paths = _inputs(ctx.inputs["curate"].outputs)
+    specs = {n: load_suite_spec(n, cfg.contracts.suites_dir) for n in SUITES}
     params = config_parameters(cfg)
     for spec in specs.values():
         check_parameters(spec, params)
-    used = sorted(set().union(*(referenced_parameters(s) for s in specs.values())))
-    manifest_digest = None
-    if paths["manifest"] is not None and paths["manifest"].is_file():
-        manifest_digest = json.loads(paths["manifest"].read_text()).get("digest")
-    fp = fingerprint({
-        "inputs": {k: str(v) if v else None for k, v in paths.items()}, "manifest": manifest_digest,
-        "tokenizer": sha256_file(paths["tokenizer"]) if paths["tokenizer"] and paths["tokenizer"].is_file() else None,
-        "suites": {n: sha256_file(s["path"]) for n, s in specs.items()},
-        "params": {n: params[n] for n in used}, "max_rows": cfg.contracts.max_rows, "seed": cfg.seed,
-    })
-    results_path = out_dir / f"results-{fp}.json"
-    if results_path.is_file():
-        prev = json.loads(results_path.read_text())
-        if prev.get("success") and Path(prev.get("data_docs", "")).is_file():
-            log.info("contracts: inputs unchanged and passed before; reusing %s", results_path)
-            return _outcome(prev, results_path)
 
     t0 = time.perf_counter()
+    missing = [k for k, p in paths.items() if k != "raw_dir" and (p is None or not p.exists())]
     datasets = _load_datasets(paths, cfg.contracts.max_rows, cfg.seed)
     from modpipe.contracts.gx import GXRunner
 
-    runner = GXRunner(out_dir)
+    runner = GXRunner(ctx.out)
     summaries = []
     for i, ds in enumerate(datasets, 1):
         log.info("contracts: [%d/%d] %s (%s)", i, len(datasets), ds.name, ds.suite)
         summaries.append(validate_dataframe(
             ds.df, specs[ds.suite]["path"], ds.name, cfg, data_path=ds.path, runner=runner,
             raise_on_error=False, build_docs=False, rows_total=ds.rows_total, notes=ds.notes))
-    data_docs = runner.build_docs()
+    data_docs = Path(runner.build_docs())
+    docs_rel = data_docs.relative_to(ctx.out)
     errors = [e for s in summaries for e in s["errors"]]
+    errors += [_structural(f"{k} absent from the curate output", str(paths[k])) for k in missing]
+    errors += [_structural("dataset is empty (0 rows)", ds.path, ds.suite, ds.name)
+               for ds in datasets if ds.rows_total == 0]
+    if not datasets:
+        errors.append(_structural("no dataset to check: the curate output holds none", str(paths["docs_dir"])))
     record = {
-        "success": not errors, "fingerprint": fp, "data_docs": data_docs, "seconds": round(time.perf_counter() - t0, 2),
-        "not_validated": missing, "datasets": summaries,
+        "success": not errors, "run_id": ctx.run_id, "data_docs": str(docs_rel),
+        "seconds": round(time.perf_counter() - t0, 2), "not_validated": missing, "datasets": summaries,
+        "structural_errors": [e for e in errors if e.get("structural")],
         "counts": {"datasets": len(summaries), "failed": sum(not s["success"] for s in summaries),
                    "errors": len(errors), "warnings": sum(len(s["warnings"]) for s in summaries)},
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = results_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(results_path)
-    log.info("contracts: %d dataset(s), %d error(s), %d warning(s); Data Docs %s", len(summaries), len(errors),
-             record["counts"]["warnings"], data_docs)
+    results_path = ctx.out / "results.json"
+    results_path.write_text(json.dumps(record, indent=2, default=str))
+    log.info("contracts: %d dataset(s), %d error(s), %d warning(s)", len(summaries), len(errors),
+             record["counts"]["warnings"])
     if errors:
-        raise ContractViolation(_violation_message(errors, data_docs), errors, data_docs, str(results_path))
-    return _outcome(record, results_path)
+        raise ContractViolation(_violation_message(errors, str(failed_dir / docs_rel)), errors,
+                                str(failed_dir / docs_rel), str(failed_dir / "results.json"))
+    return {**_outcome(record, results_path), "data_docs": str(data_docs), "datasets": len(summaries)}
+
+
+def _structural(problem: str, data_path: str, suite: str = "contracts", data: str | None = None) -> dict[str, Any]:
+    """A failure that is not an expectation's (missing or empty data), in the same shape for messages."""
+    return {"type": "modpipe_input_present", "kwargs": {}, "success": False, "severity": STOPS, "structural": True,
+            "suite": suite, "data": data or Path(data_path).name, "data_path": data_path,
+            "exception": problem}
 
 
 def _outcome(record: dict[str, Any], results_path: Path) -> dict[str, Any]:
     """What a caller (flow, report) needs: Data Docs, the results file and the warnings, one line each."""
     warnings = [f"{d['suite']} on {d['data']}: {describe(w)}" for d in record["datasets"] for w in d["warnings"]]
-    return {"data_docs": record["data_docs"], "results": str(results_path), "warnings": warnings}
+    return {"data_docs": str(results_path.parent / record["data_docs"]), "results": str(results_path),
+            "warnings": warnings, "counts": record["counts"]}
 
 
 def validate_path(path: str | Path, suite_name_or_path: str | Path, cfg: PipelineConfig, *,

@@ -1,16 +1,17 @@
 """Pretrain stage: DeepSpeed ZeRO data-parallel training of the backbone, run by Ray Train.
 
-``run(cfg, curate_out)`` -> ``{"backbone", "fingerprint", "metrics"}``:
+``run(cfg, ctx)`` (the ``pretrain`` step) -> ``{"backbone", "fingerprint", "metrics"}``; ``train(cfg, curate_out, out,
+work)`` is the same without the contract gate, for callers that bring their own shards:
 
-- ``backbone``: ``<run_dir>/pretrain/backbone-<fp>`` with the HF export (``config.json``, ``model.safetensors``,
+- ``backbone``: the step dir ``<run_dir>/pretrain/pretrain-<version>`` with the HF export (``config.json``, ``model.safetensors``,
   tokenizer files), ``fingerprint.json`` (models.fingerprint) and ``metrics.json``;
 - ``fingerprint``: the backbone fingerprint (sha256 over weights, model config and tokenizer);
 - ``metrics``: path of ``metrics.json`` (loss curve, final loss, tokens/s, params, MFU on GPU).
 
-``fp`` hashes the model section, the pretrain section without its cosmetic fields, the DeepSpeed JSON's
-content, the seed and the data (manifest digest + tokenizer sha256): a finished directory is returned as is.
-Ray Train's run is named ``backbone-<fp>`` under ``<run_dir>/pretrain/ray``, so rerunning after a crash resumes
-from the latest checkpoint. Multi-node: shards, tokenizer and ``run_dir`` must be on storage every node sees.
+The step's version (``modpipe/steps.py``) hashes the model section, the versioned pretrain fields, the DeepSpeed
+JSON's content, the seed and curate's version. Ray Train's run lives in the step's work dir
+(``<run_dir>/pretrain/.work-pretrain-<version>/ray/backbone``), so rerunning after a crash resumes from the latest
+checkpoint. Multi-node: shards, tokenizer and ``run_dir`` must be on storage every node sees.
 """
 
 from __future__ import annotations
@@ -22,16 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from modpipe.config import PipelineConfig
-from modpipe.lineage import StepDir, fingerprint, sha256_file
+from modpipe.lineage import sha256_file
 from modpipe.models.fingerprint import read_backbone_fingerprint, write_backbone_fingerprint
 from modpipe.pretrain.ds_config import load_ds_config
 from modpipe.pretrain.loop import HF_DIR, STATE_FILE, train_loop_per_worker
 
 log = logging.getLogger("modpipe.pretrain")
 
-# Fields that change how a run is watched or recovered, not what it trains.
-COSMETIC_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "max_failures", "deepspeed_config",
-                   "peak_tflops")
 METRICS_FILE = "metrics.json"
 
 
@@ -39,12 +37,9 @@ class PretrainError(RuntimeError):
     """Training failed; the message carries the worker's error and where the Ray run lives."""
 
 
-def stage_fingerprint(cfg: PipelineConfig, manifest: dict, ds_base: dict) -> str:
-    pretrain = {k: v for k, v in cfg.pretrain.model_dump(mode="json").items() if k not in COSMETIC_FIELDS}
-    return fingerprint({
-        "model": cfg.model.model_dump(mode="json"), "pretrain": pretrain, "deepspeed": ds_base, "seed": cfg.seed,
-        "data": manifest["digest"], "tokenizer": manifest.get("tokenizer_sha256"),
-    })
+def deepspeed_digest(cfg: PipelineConfig) -> dict:
+    """The DeepSpeed JSON's content (part of the pretrain step's version; the file's path is not)."""
+    return load_ds_config(cfg.pretrain.deepspeed_config)
 
 
 def _outputs(path: Path) -> dict[str, Any]:
@@ -79,13 +74,12 @@ def _read_inputs(curate_out: dict, num_workers: int) -> tuple[dict, list[str], P
     return manifest, shards, tokenizer, vocab_size
 
 
-def _fit(cfg: PipelineConfig, job: dict, name: str):
+def _fit(cfg: PipelineConfig, job: dict, storage: Path, name: str):
     """One TorchTrainer run; returns Ray's Result (its checkpoint is the final one, with ``hf/``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     p = cfg.pretrain
-    storage = cfg.run_path / "pretrain" / "ray"
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config=job,
@@ -107,66 +101,68 @@ def _fit(cfg: PipelineConfig, job: dict, name: str):
     return result
 
 
-def run(cfg: PipelineConfig, curate_out: dict) -> dict[str, Any]:
-    """Pretrain the backbone on curate's shards (or return the finished one); see the module docstring."""
+def run(cfg: PipelineConfig, ctx) -> dict[str, Any]:
+    """The pretrain step: refuses curate output whose contracts did not pass, then ``train`` into the step dir."""
+    from modpipe.gates import require_contracts
+
+    require_contracts(ctx)
+    return train(cfg, ctx.inputs["curate"].outputs, ctx.out, ctx.work)
+
+
+def train(cfg: PipelineConfig, curate_out: dict, out: Path, work: Path) -> dict[str, Any]:
+    """Pretrain the backbone on curate's shards and export it to ``out``; Ray Train's run (checkpoints) lives in
+    ``work/ray/backbone``, so calling again with the same ``work`` after a crash resumes from the latest one."""
     from modpipe.raycluster import ensure_ray
 
     p = cfg.pretrain
     ds_base = load_ds_config(p.deepspeed_config)
     manifest, shards, tokenizer, vocab_size = _read_inputs(curate_out, p.num_workers)
-    fp = stage_fingerprint(cfg, manifest, ds_base)
-    step = StepDir(cfg.run_path / "pretrain", "backbone", fp)
-    if step.done():
-        log.info("pretrain: reusing %s", step.path)
-        return _outputs(step.path)
-
     ensure_ray(cfg.ray)
     job = {
         "model": cfg.model, "pretrain": p, "seed": cfg.seed, "ds_config": ds_base, "shards": shards,
         "seq_len": manifest["seq_len"], "vocab_size": vocab_size, "tokenizer": str(tokenizer),
     }
-    log.info("pretrain: %d steps on %d rows, %d %s workers, ZeRO-%d -> %s", p.steps, manifest.get("total_rows", 0),
-             p.num_workers, "GPU" if p.use_gpu else "CPU", p.zero_stage, step.path)
-    result = _fit(cfg, job, name=f"backbone-{fp}")
+    log.info("pretrain: %d steps on %d rows, %d %s workers, ZeRO-%d", p.steps, manifest.get("total_rows", 0),
+             p.num_workers, "GPU" if p.use_gpu else "CPU", p.zero_stage)
+    result = _fit(cfg, job, Path(work) / "ray", name="backbone")
+    _export(cfg, result, Path(out), vocab_size)
+    return _outputs(Path(out))
 
-    inputs = {"manifest": str(curate_out["manifest"]), "data_digest": manifest["digest"],
-              "tokenizer_sha256": manifest.get("tokenizer_sha256")}
-    with step.building(config=cfg.model_dump(mode="json", include={"seed", "model", "pretrain"}),
-                       inputs=inputs) as tmp:
-        with result.checkpoint.as_directory() as ckpt:
-            hf = Path(ckpt, HF_DIR)
-            if not (hf / "config.json").is_file():
-                raise PretrainError(f"final checkpoint {result.checkpoint.path} has no {HF_DIR}/ export")
-            shutil.copytree(hf, tmp, dirs_exist_ok=True)
-            state = json.loads(Path(ckpt, STATE_FILE).read_text())
-        backbone_fp = write_backbone_fingerprint(tmp)
-        metrics = {
-            "final_loss": state["final_loss"],
-            "initial_loss": state["loss_curve"][0]["loss"] if state["loss_curve"] else None,
-            "steps": state["step"],
-            "tokens_seen": state["tokens_seen"],
-            "tokens_per_s": state["tokens_per_s"],
-            "ms_per_step": state["ms_per_step"],
-            "mfu": state["mfu"],
-            "peak_tflops": p.peak_tflops if state["mfu"] is not None else None,
-            "params": state["params"],
-            "flops_per_token": state["flops_per_token"],
-            "world_size": state["world_size"],
-            "zero_stage": state["zero_stage"],
-            "bf16": state["bf16"],
-            "device": state["device"],
-            "micro_batch_size": state["micro_batch_size"],
-            "gradient_accumulation_steps": state["gradient_accumulation_steps"],
-            "seq_len": state["seq_len"],
-            "tokens_per_step": state["tokens_per_step"],
-            "skipped_rows_rank0": state["skipped_rows"],
-            "resumed_from_step": state["resumed_from"],
-            "vocab_size": vocab_size,
-            "stage_fingerprint": fp,
-            "backbone_fingerprint": backbone_fp,
-            "ray_run": str(result.path),
-            "loss_curve": state["loss_curve"],
-        }
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    log.info("pretrain: final loss %s, %s tokens/s -> %s", metrics["final_loss"], metrics["tokens_per_s"], step.path)
-    return _outputs(step.path)
+
+def _export(cfg: PipelineConfig, result, tmp: Path, vocab_size: int) -> None:
+    """The final checkpoint's HF export, its fingerprint and the run's metrics, into ``tmp``."""
+    p = cfg.pretrain
+    with result.checkpoint.as_directory() as ckpt:
+        hf = Path(ckpt, HF_DIR)
+        if not (hf / "config.json").is_file():
+            raise PretrainError(f"final checkpoint {result.checkpoint.path} has no {HF_DIR}/ export")
+        shutil.copytree(hf, tmp, dirs_exist_ok=True)
+        state = json.loads(Path(ckpt, STATE_FILE).read_text())
+    backbone_fp = write_backbone_fingerprint(tmp)
+    metrics = {
+        "final_loss": state["final_loss"],
+        "initial_loss": state["loss_curve"][0]["loss"] if state["loss_curve"] else None,
+        "steps": state["step"],
+        "tokens_seen": state["tokens_seen"],
+        "tokens_per_s": state["tokens_per_s"],
+        "ms_per_step": state["ms_per_step"],
+        "mfu": state["mfu"],
+        "peak_tflops": p.peak_tflops if state["mfu"] is not None else None,
+        "params": state["params"],
+        "flops_per_token": state["flops_per_token"],
+        "world_size": state["world_size"],
+        "zero_stage": state["zero_stage"],
+        "bf16": state["bf16"],
+        "device": state["device"],
+        "micro_batch_size": state["micro_batch_size"],
+        "gradient_accumulation_steps": state["gradient_accumulation_steps"],
+        "seq_len": state["seq_len"],
+        "tokens_per_step": state["tokens_per_step"],
+        "skipped_rows_rank0": state["skipped_rows"],
+        "resumed_from_step": state["resumed_from"],
+        "vocab_size": vocab_size,
+        "backbone_fingerprint": backbone_fp,
+        "loss_curve": state["loss_curve"],
+    }
+    (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    log.info("pretrain: final loss %s, %s tokens/s", metrics["final_loss"], metrics["tokens_per_s"])

@@ -1,7 +1,9 @@
 """Publish stage: gate the task modules and register those that pass in the MLflow model registry.
 
-``publish(cfg, backbone, modules, manifest)`` -> ``{"registered": [{task, name, version, run_id, ...}],
-"rejected": [{task, reason}], "tracking_uri"}``.
+``run(cfg, ctx)`` is the ``publish`` step: the contract gate, then each task's candidate (tune's best trial's
+module for a task tune searched, else adapt's module) goes through ``publish(cfg, backbone, modules, manifest)``
+-> ``{"registered": [{task, name, version, run_id, ...}], "rejected": [{task, reason}], "tracking_uri",
+"candidates": {task: {"from": "tune"|"adapt", "module": dir}}}``, written to ``publish.json`` in the step dir.
 
 Store: ``cfg.publish.tracking_uri``, or ``sqlite:///<run_dir>/registry/mlflow.db`` with artifacts under
 ``<run_dir>/registry/artifacts``.  Each module that passes the gate (``gate.py``) becomes one MLflow run (params
@@ -37,7 +39,7 @@ ARTIFACT_DIR = "module"
 SHA_PREFIX = "sha256."
 METRIC_PREFIX = "metric."
 
-__all__ = ["RegistryError", "publish", "list_modules", "resolve", "tracking_uri", "model_name"]
+__all__ = ["RegistryError", "run", "candidates", "publish", "list_modules", "resolve", "tracking_uri", "model_name"]
 
 
 class RegistryError(RuntimeError):
@@ -166,6 +168,28 @@ def _verify_source(uri: str, source: str, expected: dict[str, str]) -> list[str]
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=uri)
         return verify_files(path, expected)
+
+
+def candidates(adapted: dict[str, str], tuned: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Each task's candidate module: tune's best trial's where tune searched the task, else adapt's."""
+    out = {t: {"from": "adapt", "module": d} for t, d in adapted.items()}
+    out.update({t: {"from": "tune", "module": d} for t, d in tuned.items()})
+    return dict(sorted(out.items()))
+
+
+def run(cfg: PipelineConfig, ctx) -> dict[str, Any]:
+    """The publish step (see the module docstring); its record is ``publish.json`` in the step dir."""
+    from modpipe.gates import require_contracts
+
+    require_contracts(ctx)
+    picks = candidates(ctx.inputs["adapt"].get("modules") or {}, ctx.inputs["tune"].get("modules") or {})
+    for task, c in picks.items():
+        log.info("publish: %s: candidate from %s: %s", task, c["from"], c["module"])
+    out = publish(cfg, ctx.inputs["pretrain"]["backbone"], {t: c["module"] for t, c in picks.items()},
+                  ctx.inputs["curate"]["manifest"])
+    out = {**out, "candidates": picks}
+    (ctx.out / "publish.json").write_text(json.dumps(out, indent=2, default=str))
+    return {**out, "record": str(ctx.out / "publish.json")}
 
 
 def publish(cfg: PipelineConfig, backbone: str, modules: dict[str, str], manifest: str) -> dict[str, Any]:

@@ -52,7 +52,15 @@ def stats_rows(stats: Any) -> list[dict[str, Any]]:
 def write_run_report(summary: dict[str, Any], out_path: str | Path) -> str:
     """Render timings, curation counts, contract results, pretraining and module metrics, registry outcome."""
     curate = summary.get("curate") or {}
-    sections = [_table([{"stage": k, "seconds": v} for k, v in (summary.get("timings_s") or {}).items()], "Stages")]
+    outcome = summary.get("outcome", "?")
+    head = (f"<p><b>{html.escape(str(outcome))}</b> &middot; run {html.escape(str(summary.get('run_id')))}"
+            f" &middot; {summary.get('seconds', '?')} s</p>")
+    if summary.get("error"):
+        head += f"<pre>{html.escape(str(summary['error']))}</pre>"
+    steps = [{"step": k, "state": v.get("state"), "skipped (already built)": v.get("skipped"),
+              "seconds": v.get("seconds"), "version": v.get("version")}
+             for k, v in (summary.get("steps") or {}).items()]
+    sections = [head, _table(steps, "Steps")]
     sections.append(_table(stats_rows(_read_json(curate.get("stats"))), "Curation counts"))
     dd = curate.get("data_docs") or (summary.get("contracts") or {}).get("data_docs")
     if dd:
