@@ -129,10 +129,15 @@ def load_result(step_dir: str | Path) -> StepResult | None:
 
 
 def _resolve(outputs: dict[str, Any], root: Path) -> dict[str, Any]:
-    """Outputs are stored with paths inside the step dir as ``{"path": rel}``; give them back as absolute paths."""
+    """Outputs are stored with paths inside the step dir as ``{"path": rel}`` and other paths inside the run dir
+    as ``{"run_path": rel}`` (so a run dir can be moved whole); give them back as absolute paths."""
+    run_root = root.parent.parent
+
     def one(v):
         if isinstance(v, dict) and set(v) == {"path"}:
             return str(root / v["path"])
+        if isinstance(v, dict) and set(v) == {"run_path"}:
+            return str(run_root / v["run_path"])
         if isinstance(v, dict):
             return {k: one(x) for k, x in v.items()}
         if isinstance(v, list):
@@ -142,12 +147,17 @@ def _resolve(outputs: dict[str, Any], root: Path) -> dict[str, Any]:
 
 
 def _relativize(outputs: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    """Paths under the temp dir become ``{"path": rel}`` (valid after the rename); others stay as they are."""
+    """Paths under the temp dir become ``{"path": rel}`` (valid after the rename), other paths under the run dir
+    ``{"run_path": rel}``; anything else stays as it is."""
+    run_root = tmp.parent.parent
+
     def one(v):
         if isinstance(v, (str, Path)) and str(v).startswith(str(tmp) + os.sep):
             return {"path": str(Path(v).relative_to(tmp))}
         if isinstance(v, (str, Path)) and str(v) == str(tmp):
             return {"path": "."}
+        if isinstance(v, (str, Path)) and str(v).startswith(str(run_root) + os.sep):
+            return {"run_path": str(Path(v).relative_to(run_root))}
         if isinstance(v, dict):
             return {k: one(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):

@@ -104,9 +104,9 @@ class StepDir:
             os.close(fd)  # releases the lock
 
     def _remove_dead_temps(self) -> None:
-        host = platform.node()
-        for tmp in self.root.glob(f".tmp-{self.name}-{self.fp}-{host}-*"):
-            pid = tmp.name.rsplit("-", 1)[-1]
+        prefix = f".tmp-{self.name}-{self.fp}-{platform.node()}-"
+        for tmp in self.root.glob(f"{prefix}*"):
+            pid = tmp.name[len(prefix):].split("-")[0]
             if pid.isdigit() and not _alive(int(pid)):
                 shutil.rmtree(tmp, ignore_errors=True)
 
@@ -116,8 +116,7 @@ class StepDir:
         self.root.mkdir(parents=True, exist_ok=True)
         with self._locked():
             self._remove_dead_temps()
-        tmp = self.root / f".tmp-{self.name}-{self.fp}-{platform.node()}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)  # ours: the same pid on the same host
+        tmp = self.root / f".tmp-{self.name}-{self.fp}-{platform.node()}-{os.getpid()}-{os.urandom(4).hex()}"
         tmp.mkdir(parents=True)
         started = time.time()
         try:

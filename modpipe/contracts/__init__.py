@@ -181,13 +181,23 @@ def suites_digest(cfg: PipelineConfig) -> dict[str, str]:
 
 
 def run(cfg: PipelineConfig, ctx) -> dict[str, Any]:
-    """The contracts step: validate every dataset of the curate output into ``ctx.out`` (results + Data Docs).
+    """The contracts step: ``check`` the curate output into the step dir; a failure's results and Data Docs stay
+    in the failed record ``<step dir>.failed-<run_id>/``, which the error message names."""
+    failed_dir = ctx.final.parent / f"{ctx.final.name}.failed-{ctx.run_id}"
+    return check(cfg, ctx.inputs["curate"].outputs, ctx.out, failed_dir=failed_dir, run_id=ctx.run_id)
+
+
+def check(cfg: PipelineConfig, curate_out: dict[str, Any], out: Path, *, failed_dir: Path | None = None,
+          run_id: str | None = None) -> dict[str, Any]:
+    """Validate every dataset of a curate output; results + Data Docs under ``out``.
 
     Fails closed: a dataset kind absent from the curate output, no dataset at all, or an empty dataset is an
     error like a failed error-severity expectation; all raise ``ContractViolation`` after the results and Data
-    Docs are written (they stay in the failed record ``<step dir>.failed-<run_id>/``)."""
-    failed_dir = ctx.final.parent / f"{ctx.final.name}.failed-{ctx.run_id}"
-    paths = _inputs(ctx.inputs["curate"].outputs)
+    Docs are written (``failed_dir``: where ``out`` will be then, for the message)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed_dir = failed_dir or out
+    paths = _inputs(curate_out)
     specs = {n: load_suite_spec(n, cfg.contracts.suites_dir) for n in SUITES}
     params = config_parameters(cfg)
     for spec in specs.values():
@@ -198,7 +208,7 @@ def run(cfg: PipelineConfig, ctx) -> dict[str, Any]:
     datasets = _load_datasets(paths, cfg.contracts.max_rows, cfg.seed)
     from modpipe.contracts.gx import GXRunner
 
-    runner = GXRunner(ctx.out)
+    runner = GXRunner(out)
     summaries = []
     for i, ds in enumerate(datasets, 1):
         log.info("contracts: [%d/%d] %s (%s)", i, len(datasets), ds.name, ds.suite)
@@ -206,7 +216,7 @@ def run(cfg: PipelineConfig, ctx) -> dict[str, Any]:
             ds.df, specs[ds.suite]["path"], ds.name, cfg, data_path=ds.path, runner=runner,
             raise_on_error=False, build_docs=False, rows_total=ds.rows_total, notes=ds.notes))
     data_docs = Path(runner.build_docs())
-    docs_rel = data_docs.relative_to(ctx.out)
+    docs_rel = data_docs.relative_to(out)
     errors = [e for s in summaries for e in s["errors"]]
     errors += [_structural(f"{k} absent from the curate output", str(paths[k])) for k in missing]
     errors += [_structural("dataset is empty (0 rows)", ds.path, ds.suite, ds.name)
@@ -214,13 +224,13 @@ def run(cfg: PipelineConfig, ctx) -> dict[str, Any]:
     if not datasets:
         errors.append(_structural("no dataset to check: the curate output holds none", str(paths["docs_dir"])))
     record = {
-        "success": not errors, "run_id": ctx.run_id, "data_docs": str(docs_rel),
+        "success": not errors, "run_id": run_id, "data_docs": str(docs_rel),
         "seconds": round(time.perf_counter() - t0, 2), "not_validated": missing, "datasets": summaries,
         "structural_errors": [e for e in errors if e.get("structural")],
         "counts": {"datasets": len(summaries), "failed": sum(not s["success"] for s in summaries),
                    "errors": len(errors), "warnings": sum(len(s["warnings"]) for s in summaries)},
     }
-    results_path = ctx.out / "results.json"
+    results_path = out / "results.json"
     results_path.write_text(json.dumps(record, indent=2, default=str))
     log.info("contracts: %d dataset(s), %d error(s), %d warning(s)", len(summaries), len(errors),
              record["counts"]["warnings"])

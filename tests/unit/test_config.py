@@ -46,7 +46,19 @@ def test_stepdir_is_atomic_and_reused(tmp_path):
         with step.building() as tmp:
             (tmp / "half").write_text("x")
             raise RuntimeError("boom")
-    assert not step.done() and not any(tmp_path.iterdir())
+    assert not step.done() and not [p for p in tmp_path.iterdir() if not p.name.endswith(".lock")]
     with step.building(config={"a": 1}) as tmp:
         (tmp / "out.txt").write_text("ok")
     assert step.done() and (step.path / "out.txt").read_text() == "ok"
+
+
+def test_stepdir_second_builder_keeps_the_first_result(tmp_path):
+    """Two builders of one content-addressed dir: the one that finishes second drops its copy, never the dir."""
+    first, second = StepDir(tmp_path, "thing", "f1"), StepDir(tmp_path, "thing", "f1")
+    with second.building() as late:
+        (late / "out.txt").write_text("second")
+        with first.building() as early:
+            (early / "out.txt").write_text("first")
+        assert (first.path / "out.txt").read_text() == "first"
+    assert (first.path / "out.txt").read_text() == "first"
+    assert not list(tmp_path.glob(".tmp-*"))

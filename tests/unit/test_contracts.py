@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from modpipe.config import load_config
-from modpipe.contracts import ContractViolation, SuiteError, run, validate_dataframe
+from modpipe.contracts import ContractViolation, SuiteError, check, validate_dataframe
 
 SEQ_LEN, VOCAB = 8, 50
 LABELS = ["alpha", "beta"]
@@ -28,6 +28,11 @@ def _tokenizer(path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(path))
     return str(path)
+
+
+def run(cfg, curated: dict) -> dict:
+    """The contracts check into <run_dir>/contracts (the step runs it into its step dir)."""
+    return check(cfg, curated, cfg.run_path / "contracts")
 
 
 def _cfg(tmp_path: Path, *extra: str):
@@ -117,9 +122,8 @@ def test_good_output_passes_and_builds_data_docs(tmp_path, curated):
     assert observed("curated_docs", "expect_column_values_to_be_between", "n_tokens") == 0
     assert observed("tasks/toy/train", "expect_column_min_to_be_between", "label_share") == 0.5
     assert observed("tasks/toy/test", "expect_column_values_to_be_between", "n_tokens") == 0
-    # same inputs, passed before: reused without revalidating
-    again = run(cfg, curated)
-    assert again == out
+    # the structure the gate needs: how many datasets were checked
+    assert out["datasets"] == 6 and out["counts"]["errors"] == 0
 
 
 def test_duplicate_doc_id_stops_with_names(tmp_path, curated):
@@ -294,18 +298,31 @@ def _artifact(key: str):
     return Artifact.get(key, _sync=True)
 
 
+def test_missing_or_empty_data_is_an_error_not_a_pass(tmp_path, curated):
+    """Fail closed: a curate output without docs, or with an empty split, does not pass its contracts."""
+    import shutil
+
+    shutil.rmtree(Path(curated["curate_dir"]) / "docs")
+    with pytest.raises(ContractViolation, match="docs_dir absent from the curate output"):
+        run(_cfg(tmp_path), curated)
+    empty = _task_split("test", 0)
+    empty.to_parquet(Path(curated["tasks_dir"]) / "toy" / "test.parquet")
+    with pytest.raises(ContractViolation, match=r"tasks/toy/test .*empty"):
+        run(_cfg(tmp_path, f"run_dir={tmp_path / 'run2'}"), curated)
+
+
 @pytest.mark.slow  # a real Prefect server starts (10-35 s on 2 cores)
-def test_contracts_flow_artifacts_warning_passes_error_stops(prefect_api, tmp_path, curated):
-    """The flow publishes a Data Docs link and a failed-expectation table; an error fails the flow, a warning not."""
-    from flows.common import artifact_key
-    from flows.curate import contracts_flow
+def test_contract_artifacts_warning_passes_error_stops(prefect_api, tmp_path, curated):
+    """The flows publish a Data Docs link and a failed-expectation table; an error fails, a warning does not."""
+    from flows.artifacts import artifact_key, contract_artifacts, curate_artifacts
 
     _set_train_labels(curated, 0.9)
     ok_run = [f"run_dir={tmp_path / 'ok'}", f"curate.seq_len={SEQ_LEN}", f"curate.vocab_size={VOCAB}",
               "curate.min_chars=10", "curate.max_chars=1000"]
-    checked = contracts_flow(curated, None, ok_run)
-    assert Path(checked["data_docs"]).is_file() and len(checked["warnings"]) == 1
     cfg = load_config(overrides=ok_run)
+    checked = run(cfg, curated)
+    contract_artifacts(cfg, checked["data_docs"], checked["results"])
+    assert Path(checked["data_docs"]).is_file() and len(checked["warnings"]) == 1
     link = _artifact(artifact_key(cfg, "data-docs"))
     assert link.type == "markdown"  # Prefect stores a link artifact as markdown [text](uri)
     assert Path(checked["data_docs"]).resolve().as_uri() in link.data and "1 warning(s)" in link.description
@@ -314,21 +331,20 @@ def test_contracts_flow_artifacts_warning_passes_error_stops(prefect_api, tmp_pa
     assert [(r["severity"], r["data"]) for r in rows] == [("warning", "tasks/toy/train")]
 
     bad_run = [*ok_run[1:], f"run_dir={tmp_path / 'bad'}", "contracts.min_label_share=0.2"]
-    with pytest.raises(ContractViolation, match="label_share"):
-        contracts_flow(curated, None, bad_run)
     cfg = load_config(overrides=bad_run)
+    with pytest.raises(ContractViolation, match="label_share") as err:
+        run(cfg, curated)
+    contract_artifacts(cfg, err.value.data_docs, err.value.results)
     assert "1 error(s)" in _artifact(artifact_key(cfg, "data-docs")).description
     rows = json.loads(_artifact(artifact_key(cfg, "contract-failures")).data)
     assert {r["severity"] for r in rows} == {"error", "warning"}
 
     # curate's per-step counts (stats.json "steps") as a table artifact
-    from flows.common import stats_table
-
     stats = tmp_path / "stats.json"
     steps = [{"name": "dedup_exact", "in": 10, "out": 8, "removed": 2, "removed_by_reason": {"duplicate": 2}},
              {"name": "gopher_quality", "in": 8, "out": 7, "removed": 1}]
     stats.write_text(json.dumps({"steps": steps, "docs": 7}))
-    stats_table(cfg, str(stats), "curate-counts")
+    curate_artifacts(cfg, {"stats": str(stats)})
     rows = json.loads(_artifact(artifact_key(cfg, "curate-counts")).data)
     assert [(r["name"], r["in"], r["out"], r["removed"]) for r in rows] == [("dedup_exact", 10, 8, 2),
                                                                          ("gopher_quality", 8, 7, 1)]

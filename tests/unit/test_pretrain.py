@@ -132,10 +132,11 @@ def test_pretrain_trains_exports_and_reuses(ray_local, tmp_path):
 
     curated = make_curate_output(tmp_path / "curate")
     cfg = tiny_cfg(tmp_path / "run")
-    out = pretrain.run(cfg, curated)
+    work = tmp_path / "work"
+    out = pretrain.train(cfg, curated, tmp_path / "backbone", work)
 
     backbone = Path(out["backbone"])
-    assert backbone.parent == cfg.run_path / "pretrain" and backbone.name.startswith("backbone-")
+    assert backbone == tmp_path / "backbone"
     metrics = json.loads(Path(out["metrics"]).read_text())
     assert metrics["steps"] == 6 and metrics["world_size"] == 2 and metrics["zero_stage"] == 2
     assert [p["step"] for p in metrics["loss_curve"]] == [2, 4, 6]
@@ -159,15 +160,10 @@ def test_pretrain_trains_exports_and_reuses(ray_local, tmp_path):
     ids = tok("Command-line parsing library", return_tensors="pt")["input_ids"]
     assert lm(input_ids=ids).logits.shape == (1, ids.shape[1], metrics["vocab_size"])
 
-    # Done -> same dir, nothing retrained.
-    stamp = (backbone / "provenance.json").stat().st_mtime_ns
-    assert pretrain.run(cfg, curated) == out
-    assert (backbone / "provenance.json").stat().st_mtime_ns == stamp
-
-    # Lost output but Ray's run is still there: the rerun resumes from the final checkpoint (no new steps)
-    # and exports the same weights.
+    # Lost output but Ray's run is still in the work dir: the rerun resumes from the final checkpoint (no new
+    # steps) and exports the same weights.
     shutil.rmtree(backbone)
-    again = pretrain.run(cfg, curated)
+    again = pretrain.train(cfg, curated, backbone, work)
     assert again["backbone"] == out["backbone"] and again["fingerprint"] == out["fingerprint"]
     assert json.loads(Path(again["metrics"]).read_text())["resumed_from_step"] == 6
 
