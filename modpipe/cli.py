@@ -42,6 +42,9 @@ def _setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # DeepSpeed must see the CPU accelerator before it is first imported (here or in Ray workers).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # No usage telemetry from an unattended pipeline (offline it only adds tracebacks); the user may turn it on.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     try:
         import torch
 
@@ -66,7 +69,10 @@ def _guard(fn: Callable[[], Any]) -> Any:
         console.print("[red]error:[/red] interrupted")
         raise typer.Exit(130) from None
     except Exception as e:  # noqa: BLE001 - the CLI's job is to turn any failure into one line
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = str(e).strip().splitlines()
+        # a refused step or a failed contract explains itself over a few lines (expectations, Data Docs)
+        explained = type(e).__name__ in ("ContractViolation", "GateError", "StepError", "StepFailed", "StepBusy")
+        reason = "\n".join(lines[:40]) if explained and lines else (lines[0] if lines else type(e).__name__)
         if os.environ.get("MODPIPE_DEBUG"):
             console.print_exception()
         console.print(f"[red]error:[/red] {type(e).__name__}: {reason}", highlight=False)

@@ -1,9 +1,9 @@
-"""Fingerprints and step directories.
+"""Fingerprints, digests, provenance, and content-addressed sub-directories.
 
-A stage writes to ``<run_dir>/<stage>/<name>-<fingerprint>``.  The fingerprint hashes the stage's own config
-sections plus the digests of its inputs, so changing anything upstream gives a new directory and a finished
-directory is reused as is.  Output is built in a temporary sibling and renamed on success, so a directory that
-exists is complete; ``provenance.json`` in it says how it was made.
+The steps of the DAG are versioned and run by ``modpipe.executor``. Inside a step, ``StepDir`` keeps
+content-addressed outputs that several versions of a step can share (a raw harvest, one task's module): the
+fingerprint hashes what the content depends on; output is built in a temporary sibling and renamed on success, so
+a directory that exists is complete; ``provenance.json`` in it says how it was made.
 """
 
 from __future__ import annotations

@@ -35,3 +35,19 @@ def free_port():
             return s.getsockname()[1]
 
     return pick
+
+
+
+@pytest.fixture(scope="session")
+def smoke_built(ray_local, tmp_path_factory):
+    """The smoke recipe's curate, contracts and pretrain steps, built once per test session through the executor.
+
+    Tests take a copy with ``run_helpers.copy_run`` (step records keep paths relative: a copied run dir is a run
+    dir)."""
+    from modpipe.config import load_config
+    from modpipe.executor import run_steps
+    from run_helpers import SMOKE
+
+    run_dir = tmp_path_factory.mktemp("smoke-built")
+    results = run_steps(load_config(SMOKE, [f"run_dir={run_dir}"]), ["pretrain"])
+    return run_dir, results

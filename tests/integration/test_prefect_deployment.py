@@ -65,12 +65,18 @@ def _prefect(env, *args, timeout=300):
     return r.stdout
 
 
-def test_deploy_and_run_curate_deployment(prefect_server, tmp_path):
+def test_deployments_run_the_dag_and_a_step_refuses_failed_contracts(prefect_server, smoke_built, ray_local,
+                                                                      tmp_path):
+    """Every step of modpipe/steps.py is a deployment; the DAG deployment completes and registers the modules; the
+    pretrain step deployment refuses curated data whose contracts failed and builds nothing."""
+    from run_helpers import MICRO, SMOKE, copy_run
+
     env, procs = prefect_server
+    env = {**env, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}  # the flows attach to the test's Ray
     _prefect(env, "work-pool", "create", "modpipe-process", "--type", "process", "--overwrite")
     _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", "flows/prefect.yaml")
     listing = _prefect(env, "deployment", "ls")
-    for name in ("nightly", "curate", "pretrain", "adapt", "tune", "publish"):
+    for name in ("nightly", "on-demand", "curate", "contracts", "pretrain", "adapt", "tune", "publish", "transfer"):
         assert name in listing
 
     worker_log = open(tmp_path / "worker.log", "w")
@@ -78,12 +84,21 @@ def test_deploy_and_run_curate_deployment(prefect_server, tmp_path):
         [BIN / "prefect", "worker", "start", "--pool", "modpipe-process"],
         env=env, cwd=REPO_ROOT, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
     ))
-    run_dir = tmp_path / "run"
-    params = {"config_path": str(REPO_ROOT / "recipes" / "smoke.yaml"), "overrides": [f"run_dir={run_dir}"]}
-    out = _prefect(env, "deployment", "run", "curate/curate", "--params", json.dumps(params), "--watch",
+    run_dir = copy_run(smoke_built[0], tmp_path / "run")
+    params = {"config_path": SMOKE, "overrides": [f"run_dir={run_dir}", *MICRO]}
+    out = _prefect(env, "deployment", "run", "modpipe-dag/on-demand", "--params", json.dumps(params), "--watch",
                    "--watch-timeout", "900", timeout=960)
     assert "Completed" in out, out[-2000:] + (tmp_path / "worker.log").read_text()[-4000:]
-    manifests = list(run_dir.glob("curate/*/manifest.json"))
-    assert len(manifests) == 1
-    assert json.loads(manifests[0].read_text())["total_rows"] > 0
-    assert list(run_dir.glob("contracts/**/index.html"))
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert summary["outcome"] == "succeeded" and summary["publish"]["registered"]
+
+    bad_dir = copy_run(smoke_built[0], tmp_path / "bad", steps=("raw", "curate"))
+    params = {"config_path": SMOKE, "overrides": [f"run_dir={bad_dir}", "contracts.min_doc_tokens=100000"]}
+    r = subprocess.run([BIN / "prefect", "deployment", "run", "modpipe-step/pretrain", "--params", json.dumps(params),
+                        "--watch", "--watch-timeout", "600"], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                       timeout=660)
+    assert "Completed" not in r.stdout and "Failed" in r.stdout + r.stderr, r.stdout[-2000:]
+    assert list(bad_dir.glob("contracts/contracts-*.failed-*/status.json"))
+    assert not (bad_dir / "pretrain").exists()
+    failed = json.loads((bad_dir / "run_summary.json").read_text())
+    assert failed["outcome"] == "failed" and failed["failed_step"] == "contracts" and "n_tokens" in failed["error"]

@@ -58,23 +58,33 @@ def ray_head(tmp_path, free_port):
             os.killpg(head.pid, signal.SIGKILL)
 
 
-def test_ray_job_submit_curate(ray_head, tmp_path):
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    env, address = ray_head
-    run_dir = tmp_path / "run"
-    job_id = "modpipe-curate-test"
+def _submit(address, env, job_id, *args):
     cmd = [
         BIN / "ray", "job", "submit", "--address", address, "--submission-id", job_id,
         "--runtime-env-json", json.dumps({"env_vars": {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}}),
-        "--", sys.executable, "-m", "modpipe", "curate",
-        "--config", str(REPO_ROOT / "recipes" / "smoke.yaml"), "--set", f"run_dir={run_dir}",
+        "--", sys.executable, "-m", "modpipe", *map(str, args),
     ]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, cwd=REPO_ROOT)
+
+
+def test_ray_job_submit_runs_the_dag_and_a_step_refuses_failed_contracts(ray_head, smoke_built, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from run_helpers import MICRO, SMOKE, copy_run
+
+    env, address = ray_head
     client = JobSubmissionClient(address)
-    status = client.get_job_status(job_id)
-    assert status == JobStatus.SUCCEEDED, r.stdout[-3000:] + r.stderr[-3000:] + client.get_job_logs(job_id)[-3000:]
-    manifest = next(run_dir.glob("curate/*/manifest.json"))
-    assert json.loads(manifest.read_text())["total_rows"] > 0
-    assert '"manifest"' in client.get_job_logs(job_id)
+    run_dir = copy_run(smoke_built[0], tmp_path / "run")
+    sets = [x for o in [f"run_dir={run_dir}", *MICRO] for x in ("--set", o)]
+    r = _submit(address, env, "modpipe-dag-test", "run", "--engine", "local", "--config", SMOKE, *sets)
+    logs = client.get_job_logs("modpipe-dag-test")
+    assert r.returncode == 0 and client.get_job_status("modpipe-dag-test") == JobStatus.SUCCEEDED, logs[-4000:]
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert summary["outcome"] == "succeeded" and summary["publish"]["registered"]
+
+    bad_dir = copy_run(smoke_built[0], tmp_path / "bad", steps=("raw", "curate"))
+    r = _submit(address, env, "modpipe-gate-test", "pretrain", "--config", SMOKE, "--set", f"run_dir={bad_dir}",
+                "--set", "contracts.min_doc_tokens=100000")
+    assert r.returncode != 0 and client.get_job_status("modpipe-gate-test") == JobStatus.FAILED
+    assert "n_tokens" in client.get_job_logs("modpipe-gate-test")
+    assert not (bad_dir / "pretrain").exists()
