@@ -1,11 +1,16 @@
-"""Config sections of the curate stage's per-document steps: dedup, quality filters, language, PII, decontamination."""
+"""Config sections of the curate stage's per-document steps: dedup, quality filters, language, PII, decontamination.
+
+Plain data: no curate code is imported here (``curate.normalize`` checks that its registry matches
+``NORMALIZE_STEPS``)."""
 
 from __future__ import annotations
 
-
 from pydantic import field_validator
 
-from modpipe.config_base import _Section
+from modpipe.config_base import _Section, unversioned
+
+NORMALIZE_STEPS = ("troff", "nfc", "control_chars", "whitespace")
+"""The normalisation steps of ``curate.normalize`` by name (``modpipe.curate.normalize.STEPS``)."""
 
 
 class MinHashConfig(_Section):
@@ -161,15 +166,15 @@ class CurateConfig(_Section):
     vocab_size: int = 4096
     seq_len: int = 128
     rows_per_shard: int = 4096
-    parallelism: int = 2
+    parallelism: int = unversioned(2)
     """Ray Data workers (concurrent tasks) of every per-shard pass: read+normalize, filter, encode+pack."""
     normalize: list[str] = ["troff", "nfc", "control_chars", "whitespace"]
     """Normalisation steps by name, in order (``curate.normalize`` module): troff (markup stripping, records marked
     ``markup: troff`` only), nfc, control_chars, whitespace.  Leave one out to turn it off."""
     rows_per_row_group: int = 1024
     """Rows per Parquet row group of the token shards (the unit a reader fetches)."""
-    encode_batch_size: int = 512
-    """Documents per ``tokenizers`` ``encode_batch`` call."""
+    encode_batch_size: int = unversioned(512)
+    """Documents per ``tokenizers`` ``encode_batch`` call (the token ids do not depend on it)."""
     symbols: list[str] = ["#", "...", "\u2026"]
     """Symbols counted by the symbol/word-ratio filter (Gopher: hash and ellipsis)."""
     decontaminate_splits: list[str] = ["val", "test"]
@@ -184,9 +189,10 @@ class CurateConfig(_Section):
     @field_validator("normalize")
     @classmethod
     def _normalize_steps(cls, v: list[str]) -> list[str]:
-        from modpipe.curate.normalize import check_steps
-
-        return check_steps(v)
+        unknown = [n for n in v if n not in NORMALIZE_STEPS]
+        if unknown:
+            raise ValueError(f"unknown normalize step(s) {unknown}; valid: {sorted(NORMALIZE_STEPS)}")
+        return list(v)
 
     @field_validator("parallelism", "rows_per_row_group", "encode_batch_size", "docs_per_file", "rows_per_shard")
     @classmethod

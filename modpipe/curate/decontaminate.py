@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from modpipe.curate.filters import Step, flag
+from modpipe.curate.base import Step, flag
 from modpipe.curate.normalize import text_key
 from modpipe.curate.words import ngram_hashes, norm_words, text_words, word_hashes
 

@@ -1,16 +1,10 @@
-"""Steps over pandas batches (one shard, or a Ray Data ``map_batches`` batch) that flag rows instead of dropping them.
-
-Usage:
+"""The quality filters and the dedup verdict step, each a ``base`` step that writes one method.
 
     for step in [Drop(dups), from_tasks(...), *quality_filters(cfg.curate), PiiScrub.from_config(cfg.curate.pii)]:
-        df = step(df)          # df: id, text, reason ('' = alive), detail, n_chars, n_words, ...
-    step.name, step.reasons    # the step's name and every reason code it can leave (for per-step stats)
+        df = step.run(df, stats)   # df: id, text, reason ('' = alive), detail, n_chars, n_words, ...
 
-Every row carries ``reason`` ('' = alive) and ``detail``.  A ``Step`` sees only alive rows; a ``Filter``
-writes one vectorised ``keep(df) -> (mask, details)`` and the base flags the rest with the filter's reason
-code (datatrove's ``BaseFilter`` shape); a ``RuleFilter`` writes ``check(text, lang) -> (reason, detail) | None``
-per document and may leave one of several reason codes.  Thresholds come from config; ``None`` disables a rule.
-Rejected rows stay in the frame until the end, where they become quarantine records and per-step stats.
+A filter's thresholds are its fields (defaults: the man-page values of ``config_curate``), filled from its config
+section by ``from_config``; ``None`` disables a rule; every rule leaves a stable reason code (``reasons``).
 
 ``quality_filters(c)`` = length -> letters share -> language -> Gopher quality -> Gopher repetition, in that
 order (the stop-word rule reads the language the language step detected).
@@ -22,96 +16,16 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
-from modpipe.curate.normalize import count_words, normalize, text_key
+from modpipe.curate.base import Filter, RuleFilter, Step, flag
+from modpipe.curate.language import LanguageFilter
 from modpipe.curate.words import NGRAM_MUL, text_words, word_hashes
 
 
-class Step:
-    name: str = "step"
-    reasons: tuple[str, ...] = ()
-
-    def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
-        alive = (df["reason"] == "").to_numpy()
-        if alive.any():
-            df = self.apply(df, alive)
-        return df
-
-    def apply(self, df: pd.DataFrame, alive: np.ndarray) -> pd.DataFrame:
-        raise NotImplementedError
-
-
-def flag(df: pd.DataFrame, positions, reasons, details) -> pd.DataFrame:
-    """A copy of ``df`` with ``reason``/``detail`` set at the given row positions."""
-    positions = np.asarray(positions, dtype=np.int64)
-    if len(positions) == 0:
-        return df
-    df = df.copy()
-    df.iloc[positions, df.columns.get_loc("reason")] = list(reasons) if not isinstance(reasons, str) else reasons
-    df.iloc[positions, df.columns.get_loc("detail")] = list(details)
-    return df
-
-
-class Filter(Step):
-    reason: str = "filtered"
-
-    @property
-    def reasons(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (self.reason,)
-
-    def keep(self, df: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
-        """(mask of rows to keep, detail per row) for the alive rows in ``df``."""
-        raise NotImplementedError
-
-    def apply(self, df: pd.DataFrame, alive: np.ndarray) -> pd.DataFrame:
-        mask, details = self.keep(df[alive])
-        drop = np.flatnonzero(alive)[~mask]
-        return flag(df, drop, self.reason, [d for d, k in zip(details, mask) if not k])
-
-
-class RuleFilter(Step):
-    """Per-document rules, first failing rule wins (so cheap rules go first)."""
-
-    def check(self, text: str, lang: str) -> tuple[str, str] | None:
-        raise NotImplementedError
-
-    def apply(self, df: pd.DataFrame, alive: np.ndarray) -> pd.DataFrame:
-        texts = df["text"].to_numpy()
-        langs = df["lang"].to_numpy() if "lang" in df else None
-        hits = []
-        for pos in np.flatnonzero(alive):
-            out = self.check(texts[pos], langs[pos] if langs is not None else "")
-            if out is not None:
-                hits.append((pos, *out))
-        if not hits:
-            return df
-        pos, reasons, details = zip(*hits)
-        return flag(df, pos, reasons, details)
-
-
-class Normalize(Step):
-    """NFC + whitespace/control cleanup; adds n_chars, n_words, key; blank results are flagged ``empty_text``."""
-
-    name = "normalize"
-    reasons = ("empty_text",)
-
-    def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
-        df = df.copy()
-        alive = (df["reason"] == "").to_numpy()
-        texts = [normalize(t) if a else "" for t, a in zip(df["text"], alive)]
-        df["text"] = texts
-        df["n_chars"] = np.array([len(t) for t in texts], dtype=np.int64)
-        df["n_words"] = np.array([count_words(t) for t in texts], dtype=np.int64)
-        df["key"] = [text_key(t) if t else "" for t in texts]
-        empty = alive & (df["n_chars"].to_numpy() == 0)
-        df.loc[empty, "reason"] = "empty_text"
-        df.loc[empty, "detail"] = "blank after normalisation"
-        return df
-
-
 @dataclass
-class Length(Filter):
+class Length(Step):
+    """Characters of the normalised text, both bounds (two reason codes)."""
+
     min_chars: int | None = 200
     max_chars: int | None = 100_000
     name: str = "length"
@@ -396,8 +310,6 @@ class Drop(Step):
 
 def quality_filters(c) -> list[Step]:
     """The filter chain from ``CurateConfig`` (language ID first: the stop-word rule reads its answer)."""
-    from modpipe.curate.language import LanguageFilter
-
     chain: list[Step] = [Length(c.min_chars, c.max_chars), AlphaFraction(c.min_alpha_frac)]
     if c.language.enabled:
         chain.append(LanguageFilter.from_config(c.language))

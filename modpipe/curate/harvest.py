@@ -41,7 +41,8 @@ from modpipe.curate import readers
 log = logging.getLogger("modpipe.curate")
 
 HARVEST_VERSION = 2
-"""Part of the step fingerprint, with ``code_digest()`` (so changed harvest code never reuses old output)."""
+"""Part of every raw step's fingerprint: bump it when the records a harvest writes change for the same input (a
+comment or a refactor changes nothing, so it keeps the cache; ``readers.READERS_VERSION`` covers the readers)."""
 ENGLISH = "en"
 
 
@@ -61,13 +62,6 @@ class Page:
     @property
     def order(self) -> str:
         return hashlib.sha256(self.rel.encode()).hexdigest()
-
-
-def code_digest(*names: str) -> str:
-    """sha256 over the source of modules of this package (default: all of them)."""
-    here = Path(__file__).parent
-    files = [here / f"{n}.py" for n in names] if names else sorted(here.glob("*.py"))
-    return lineage.sha256_text("".join(lineage.sha256_file(f) for f in files))[:16]
 
 
 def _page_name(fname: str) -> str:
@@ -197,14 +191,16 @@ def harvest_man(cfg: PipelineConfig) -> dict[str, Any]:
         return harvest_pydocs(cfg, reason=f"man root {root} missing")
     fields = {k: getattr(c, k) for k in ("man_root", "sections", "max_docs_per_section", "max_docs_per_language",
                                          "max_docs_per_cluster", "min_pages")}
-    fp = lineage.fingerprint("harvest", HARVEST_VERSION, code_digest("harvest"), fields,
-                            _listing_digest(root, c.sections))
+    fields["docs_per_file"] = cfg.curate.docs_per_file  # the parts are curate's shards
+    fp = lineage.fingerprint("harvest", HARVEST_VERSION, fields, _listing_digest(root, c.sections))
     step = lineage.StepDir(cfg.run_path / "raw", "harvest", fp)
     if step.done():
         stats = json.loads((step.path / "stats.json").read_text())
         if stats["kind"] == "man":
             log.info("harvest: reusing %s", step.path)
             return _result(step.path)
+        log.warning("harvest: falling back to Python stdlib docstrings: %s under %s",
+                    stats.get("fallback_reason", "too few man pages"), root)
         return harvest_pydocs(cfg, reason=stats.get("fallback_reason", "too few pages"))
     t0 = time.perf_counter()
     english, translated, counts = list_pages(root, c.sections)
@@ -300,7 +296,7 @@ def _pydoc_records_fresh() -> list[dict]:
 def harvest_pydocs(cfg: PipelineConfig, reason: str = "") -> dict[str, Any]:
     import sys
 
-    fp = lineage.fingerprint("pydocs", HARVEST_VERSION, code_digest("harvest"), sys.version, PYDOC_MODULES)
+    fp = lineage.fingerprint("pydocs", HARVEST_VERSION, sys.version, PYDOC_MODULES, cfg.curate.docs_per_file)
     step = lineage.StepDir(cfg.run_path / "raw", "pydocs", fp)
     if not step.done():
         t0 = time.perf_counter()
@@ -310,7 +306,8 @@ def harvest_pydocs(cfg: PipelineConfig, reason: str = "") -> dict[str, Any]:
                  "seconds": round(time.perf_counter() - t0, 2)}
         with step.building(config={"modules": PYDOC_MODULES}) as tmp:
             _finish(tmp, records, [], stats, cfg.curate.docs_per_file)
-        log.warning("harvest: fallback corpus of %d stdlib docstrings (%s)", len(records), reason)
+        # (the callers warn when this is a fallback for the man pages; the py_package task always reads it)
+        log.info("harvest: %d stdlib docstrings (%s)", len(records), reason)
     return _result(step.path)
 
 
@@ -325,8 +322,8 @@ def ingest_files(cfg: PipelineConfig) -> dict[str, Any]:
         log.warning("ingest: corpus.source=files but corpus.paths is empty")
     digests = [(f.url, f.rel, readers.file_digest(f)) for f in files]
     fields = {"paths": c.paths, "text_field": c.text_field, "id_field": c.id_field,
-              "max_record_bytes": c.max_record_bytes}
-    fp = lineage.fingerprint("files", HARVEST_VERSION, code_digest("harvest", "readers"), fields, digests,
+              "max_record_bytes": c.max_record_bytes, "docs_per_file": cfg.curate.docs_per_file}
+    fp = lineage.fingerprint("files", HARVEST_VERSION, readers.READERS_VERSION, fields, digests,
                              [r["source"] for r in path_rejects])
     step = lineage.StepDir(cfg.run_path / "raw", "files", fp)
     if step.done():

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from modpipe.curate.filters import Step, flag
+from modpipe.curate.base import Step, flag
 
 _IDENTIFIER = None
 

@@ -8,6 +8,7 @@ nfc            Unicode NFC
 control_chars  newlines unified (CRLF/CR -> LF); control and invisible format characters removed (NUL included)
 whitespace     runs of blanks collapsed, blanks around newlines and 3+ newlines trimmed, ends stripped
 
+``NormalizeText(names)`` is the step of the normalize pass (blank results are ``empty_text``).
 ``normalize(text)`` = nfc -> control_chars -> whitespace (what tasks and contracts use).  ``text_key``: sha256
 of the whitespace-collapsed, lower-cased text, the same notion of "the same example" the contracts use for split
 overlap (``contracts.datasets.text_hash``); exact dedup, task splitting and decontamination all use it.
@@ -18,7 +19,14 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from dataclasses import dataclass
 from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from modpipe.config_curate import NORMALIZE_STEPS
+from modpipe.curate.base import Step, flag
 
 _CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200e\u200f\u2028\u2029\ufeff\u00ad\ufffe\uffff]")
 _BLANKS = re.compile(r"[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
@@ -54,7 +62,8 @@ def troff(text: str) -> str:
 
 STEPS: dict[str, Callable[[str], str]] = {"troff": troff, "nfc": nfc, "control_chars": control_chars,
                                           "whitespace": whitespace}
-"""Named normalisation steps (``curate.normalize``)."""
+"""Named normalisation steps (``curate.normalize``); the config validates names against ``NORMALIZE_STEPS``."""
+assert tuple(STEPS) == NORMALIZE_STEPS, "config_curate.NORMALIZE_STEPS must list the steps of curate.normalize"
 MARKUP_STEPS = {"troff": "troff"}
 """Steps that apply only to records whose ``markup`` field names them."""
 
@@ -64,6 +73,7 @@ def normalize(text: str) -> str:
 
 
 def check_steps(names: list[str]) -> list[str]:
+    """``names`` if every one is a step (the config runs the same check on ``NORMALIZE_STEPS``)."""
     unknown = [n for n in names if n not in STEPS]
     if unknown:
         raise ValueError(f"unknown normalize step(s) {unknown}; valid: {sorted(STEPS)}")
@@ -77,6 +87,25 @@ def apply_steps(text: str, names: list[str], markup: str | None = None) -> str:
             continue
         text = STEPS[n](text)
     return text
+
+
+@dataclass
+class NormalizeText(Step):
+    """The text of every alive row through the named steps (``markup``, when the frame has it, gates the markup
+    steps); rows left blank are removed as ``empty_text``."""
+
+    steps: list[str]
+    name: str = "normalize"
+    reasons: tuple[str, ...] = ("empty_text",)
+
+    def apply(self, df: pd.DataFrame, alive: np.ndarray) -> pd.DataFrame:
+        markup = df["markup"].to_numpy() if "markup" in df else np.full(len(df), None)
+        texts = df["text"].to_numpy().copy()
+        for pos in np.flatnonzero(alive):
+            texts[pos] = apply_steps(texts[pos], self.steps, markup[pos])
+        df = df.assign(text=texts)
+        empty = np.flatnonzero(alive & (df["text"].to_numpy() == ""))
+        return flag(df, empty, "empty_text", ["blank after normalisation"] * len(empty))
 
 
 def text_key(text: str) -> str:

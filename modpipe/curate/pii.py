@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from modpipe.curate.filters import Step
+from modpipe.curate.base import Step
 from modpipe.curate.normalize import count_words
 
 PLACEHOLDERS = {"email": "<EMAIL>", "ip": "<IP>", "phone": "<PHONE>"}

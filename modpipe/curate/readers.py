@@ -1,8 +1,8 @@
 """Readers: one input file -> records and rejects.  Inputs are only ever opened read-only.
 
-Formats (by name): ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst`` (one record a line), ``.parquet`` (one record a
-row) and ``.txt`` (one record a file).  Paths are local paths or fsspec URLs (``file://``, ``memory://``,
-``s3://`` with its fsspec package installed, ...); a folder is searched recursively.  Every file is streamed:
+Formats, by name (``READERS``: one function per format): ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst`` (one record
+a line), ``.parquet`` (one record a row) and ``.txt`` (one record a file).  Paths are local paths or fsspec URLs
+(``file://``, ``memory://``, ``s3://`` with its fsspec package installed, ...); a folder is searched recursively.  Every file is streamed:
 a line or text longer than ``max_record_bytes`` is skipped (and quarantined) without holding it in memory.
 
 A reader yields dicts.  A record: ``{"id", "text", "source", "line", ...extra fields}``; a reject (quarantine
@@ -41,11 +41,15 @@ import json
 import logging
 import zlib
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 log = logging.getLogger("modpipe.curate")
 
-SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet", ".txt")
+READERS_VERSION = 1
+"""Part of the ingest step's fingerprint: bump when a reader's records or rejects change for the same bytes."""
+RAW_REASONS = ("record_too_large", "invalid_utf8", "nul_byte", "malformed_json", "not_object", "missing_field",
+               "bad_type", "corrupt_stream", "empty_file", "unreadable_file")
+"""The reasons reading a raw JSONL part can leave (curate's report lists each under ``read``, zeros included)."""
 MAX_RECORD_BYTES = 8_000_000
 """Default ``corpus.max_record_bytes``."""
 _CHUNK = 1 << 20
@@ -233,47 +237,54 @@ def _record(inp: InputFile, line: int, text: Any, rid: Any, extra: dict, text_fi
     return {**extra, "id": rid, "text": text, "source": src, "line": line}
 
 
-def read_jsonl(inp: InputFile, fh: BinaryIO, text_field: str, id_field: str | None, max_bytes: int,
-               keep_origin: bool = False) -> Iterator[dict]:
-    """One record per line; bad lines become rejects naming the line, good lines go on.
+@dataclass(frozen=True)
+class ReadOptions:
+    text_field: str = "text"
+    id_field: str | None = "id"
+    max_bytes: int = MAX_RECORD_BYTES
+    keep_origin: bool = False
+    """The file is modpipe's own raw JSONL whose records already name their ``source`` (a man page, a user file)
+    and ``line``; otherwise source/line are this file and line."""
 
-    ``keep_origin``: the file is modpipe's own raw JSONL whose records already name their ``source`` (a man
-    page, a user file) and ``line``; otherwise source/line are this file and line.
-    """
-    src, records, last = inp.url, 0, 0
+
+def _jsonl_line(inp: InputFile, i: int, raw: bytes, opts: ReadOptions) -> dict:
+    """One non-blank JSONL line -> a record or a reject naming the line."""
+    src = inp.url
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return reject(src, i, "invalid_utf8", f"byte offset {e.start} in line: {e.reason}")
+    if "\x00" in line:
+        return reject(src, i, "nul_byte", f"NUL byte at offset {line.index(chr(0))} in line")
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        return reject(src, i, "malformed_json", f"{e.msg} at column {e.colno}")
+    if not isinstance(rec, dict):
+        return reject(src, i, "not_object", type(rec).__name__)
+    text_field, id_field = opts.text_field, opts.id_field
+    text, rid = rec.get(text_field), rec.get(id_field) if id_field else None
+    extra = {k: v for k, v in rec.items() if k not in (text_field, id_field, "source", "line")}
+    out = _record(inp, i, text, rid, extra, text_field)
+    if opts.keep_origin and not is_reject(out):
+        out["source"] = rec.get("source") or src
+        out["line"] = rec["line"] if "line" in rec else i
+    return out
+
+
+def read_jsonl(inp: InputFile, fh: BinaryIO, opts: ReadOptions) -> Iterator[dict]:
+    """One record per line (plain, .gz or .zst by name); bad lines become rejects naming the line, good lines go
+    on; a corrupt stream keeps the lines before the damage."""
+    src, records, last, max_bytes = inp.url, 0, 0, opts.max_bytes
     try:
         for i, raw, size in _lines(_decompressed(fh, inp.url), max_bytes):
             last = i
             if raw is None:
                 yield reject(src, i, "record_too_large", f"line of {size} bytes > max_record_bytes={max_bytes}")
                 records += 1
-                continue
-            if not raw.strip():
-                continue
-            records += 1
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield reject(src, i, "invalid_utf8", f"byte offset {e.start} in line: {e.reason}")
-                continue
-            if "\x00" in line:
-                yield reject(src, i, "nul_byte", f"NUL byte at offset {line.index(chr(0))} in line")
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield reject(src, i, "malformed_json", f"{e.msg} at column {e.colno}")
-                continue
-            if not isinstance(rec, dict):
-                yield reject(src, i, "not_object", type(rec).__name__)
-                continue
-            text, rid = rec.get(text_field), rec.get(id_field) if id_field else None
-            extra = {k: v for k, v in rec.items() if k not in (text_field, id_field, "source", "line")}
-            out = _record(inp, i, text, rid, extra, text_field)
-            if keep_origin and not is_reject(out):
-                out["source"] = rec.get("source") or src
-                out["line"] = rec["line"] if "line" in rec else i
-            yield out
+            elif raw.strip():
+                records += 1
+                yield _jsonl_line(inp, i, raw, opts)
     except _stream_errors() as e:
         yield reject(src, last + 1, "corrupt_stream", f"stream breaks after line {last}: {type(e).__name__}: {e}")
         return
@@ -281,9 +292,9 @@ def read_jsonl(inp: InputFile, fh: BinaryIO, text_field: str, id_field: str | No
         yield reject(src, None, "empty_file", "no records")
 
 
-def read_txt(inp: InputFile, fh: BinaryIO, max_bytes: int) -> Iterator[dict]:
+def read_txt(inp: InputFile, fh: BinaryIO, opts: ReadOptions) -> Iterator[dict]:
     """One document per file; id = stable id of (rel, 1)."""
-    src = inp.url
+    src, max_bytes = inp.url, opts.max_bytes
     data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
         size = len(data)
@@ -307,9 +318,8 @@ def read_txt(inp: InputFile, fh: BinaryIO, max_bytes: int) -> Iterator[dict]:
     yield {"id": stable_id(inp.rel, 1), "text": text, "source": src, "line": 1}
 
 
-def read_parquet(inp: InputFile, fh: BinaryIO, text_field: str, id_field: str | None, max_bytes: int,
-                 batch_rows: int = 4096) -> Iterator[dict]:
-    """One record per row (line = 1-based row number); a file without a string text column is one reject."""
+def _parquet_file(inp: InputFile, fh: BinaryIO, text_field: str):
+    """(``pq.ParquetFile``, None) when it holds a string text column and rows, else (None, the reject)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -318,19 +328,25 @@ def read_parquet(inp: InputFile, fh: BinaryIO, text_field: str, id_field: str | 
         pf = pq.ParquetFile(fh)
         schema = pf.schema_arrow
     except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid/OSError/... for a broken footer
-        yield reject(src, None, "unreadable_parquet", f"{type(e).__name__}: {e}")
-        return
+        return None, reject(src, None, "unreadable_parquet", f"{type(e).__name__}: {e}")
     if text_field not in schema.names:
-        yield reject(src, None, "missing_column", f"no {text_field!r} column; columns: {schema.names}")
-        return
+        return None, reject(src, None, "missing_column", f"no {text_field!r} column; columns: {schema.names}")
     ttype = schema.field(text_field).type
     if not (pa.types.is_string(ttype) or pa.types.is_large_string(ttype)):
-        yield reject(src, None, "bad_schema", f"{text_field!r} is {ttype}, expected string")
-        return
+        return None, reject(src, None, "bad_schema", f"{text_field!r} is {ttype}, expected string")
     if pf.metadata.num_rows == 0:
-        yield reject(src, None, "empty_file", "0 rows")
+        return None, reject(src, None, "empty_file", "0 rows")
+    return pf, None
+
+
+def read_parquet(inp: InputFile, fh: BinaryIO, opts: ReadOptions, batch_rows: int = 4096) -> Iterator[dict]:
+    """One record per row (line = 1-based row number); a file without a string text column is one reject."""
+    src, text_field, id_field, max_bytes = inp.url, opts.text_field, opts.id_field, opts.max_bytes
+    pf, bad = _parquet_file(inp, fh, text_field)
+    if pf is None:
+        yield bad
         return
-    columns = [text_field] + ([id_field] if id_field and id_field in schema.names else [])
+    columns = [text_field] + ([id_field] if id_field and id_field in pf.schema_arrow.names else [])
     row = 0
     try:
         for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
@@ -346,19 +362,23 @@ def read_parquet(inp: InputFile, fh: BinaryIO, text_field: str, id_field: str | 
         yield reject(src, row + 1, "unreadable_parquet", f"rows after {row}: {type(e).__name__}: {e}")
 
 
+READERS: dict[str, Callable[[InputFile, BinaryIO, ReadOptions], Iterator[dict]]] = {
+    ".jsonl": read_jsonl, ".jsonl.gz": read_jsonl, ".jsonl.zst": read_jsonl, ".parquet": read_parquet,
+    ".txt": read_txt,
+}
+"""The reader of each file suffix (the only files a folder contributes)."""
+SUFFIXES = tuple(READERS)
+
+
 def read_input(inp: InputFile, text_field: str = "text", id_field: str | None = "id",
                max_bytes: int = MAX_RECORD_BYTES, keep_origin: bool = False) -> Iterator[dict]:
-    """Every record and reject of one input; never raises for bad content."""
+    """Every record and reject of one input, read by its suffix's reader; never raises for bad content."""
     import fsspec
 
+    reader = next((fn for suffix, fn in READERS.items() if inp.url.endswith(suffix)), read_jsonl)
     try:
         with fsspec.open(inp.url, "rb") as fh:  # read-only: raw input is never modified
-            if inp.url.endswith(".parquet"):
-                yield from read_parquet(inp, fh, text_field, id_field, max_bytes)
-            elif inp.url.endswith(".txt"):
-                yield from read_txt(inp, fh, max_bytes)
-            else:
-                yield from read_jsonl(inp, fh, text_field, id_field, max_bytes, keep_origin)
+            yield from reader(inp, fh, ReadOptions(text_field, id_field, max_bytes, keep_origin))
     except _stream_errors() as e:
         yield reject(inp.url, None, "unreadable_file", f"{type(e).__name__}: {e}")
 

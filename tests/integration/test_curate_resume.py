@@ -1,5 +1,6 @@
 """Curation is resumable shard by shard: a run killed with SIGKILL part-way and started again skips the shards it
-finished and ends with output byte-identical to an uninterrupted run."""
+finished and ends with output byte-identical to an uninterrupted run (both through the executor, which keeps the
+step's work dir across attempts and removes the killed attempt's temp dir)."""
 
 from __future__ import annotations
 
@@ -46,23 +47,27 @@ def _overrides(run_dir: Path, corpus: Path) -> list[str]:
             "curate.rows_per_row_group=16"]
 
 
+def _curate(cfg):
+    from modpipe.executor import run_steps
+
+    return run_steps(cfg, ["curate"])["curate"].outputs
+
+
 def _digests(step_dir: Path) -> dict[str, str]:
-    skip = {"provenance.json", "timings.json"}  # when/where it ran, not what it made
+    skip = {"status.json", "timings.json"}  # when/where it ran, not what it made
     return {str(p.relative_to(step_dir)): sha256_file(p) for p in sorted(step_dir.rglob("*"))
             if p.is_file() and p.name not in skip}
 
 
 def test_sigkill_then_resume_is_byte_identical(tmp_path, ray_local):
-    from modpipe import curate
-
     corpus = tmp_path / "corpus"
     _corpus(corpus)
-    clean = curate.run(load_config(None, _overrides(tmp_path / "clean", corpus)))
+    clean = _curate(load_config(None, _overrides(tmp_path / "clean", corpus)))
 
     # the same config in another run dir, in a subprocess on the same Ray cluster, killed once shards are done
     run_dir = tmp_path / "killed"
     code = ("import sys, logging; logging.basicConfig(level=logging.INFO); from modpipe.config import load_config; "
-            "from modpipe import curate; curate.run(load_config(None, sys.argv[1:]))")
+            "from modpipe.executor import run_steps; run_steps(load_config(None, sys.argv[1:]), ['curate'])")
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     proc = subprocess.Popen([sys.executable, "-c", code, *_overrides(run_dir, corpus)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -86,13 +91,16 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, ray_local):
     done_before_kill = {f"docs-{m.stem[5:]}.parquet": (work / "docs" / f"docs-{m.stem[5:]}.parquet").stat().st_mtime_ns
                         for m in (work / "filtered").glob("part-*.json")}
     assert 0 < len(done_before_kill) and len(list((work / "encoded").glob("*.json"))) < n_shards
-    assert not list((run_dir / "curate").glob("curate-*/provenance.json"))  # no finished step dir yet
+    assert not list((run_dir / "curate").glob("curate-*"))  # no finished (or failed) step dir yet
+    assert len(list((run_dir / "curate").glob(".tmp-curate-*"))) == 1  # the killed attempt's temp dir
 
-    resumed = curate.run(load_config(None, _overrides(run_dir, corpus)))
+    resumed = _curate(load_config(None, _overrides(run_dir, corpus)))
     timings = json.loads((Path(resumed["curate_dir"]) / "timings.json").read_text())
     assert timings["resumed"] is True and timings["skipped_shards"]["filter"] >= len(done_before_kill)
     step = Path(resumed["curate_dir"])
-    assert not work.exists()  # the work dir became the step dir
+    assert step.parent == run_dir / "curate"
+    assert not work.exists()  # removed by the executor once the outputs were in place
+    assert not list((run_dir / "curate").glob(".tmp-*"))  # the killed attempt's temp dir too
     for name, mtime in done_before_kill.items():  # finished shards were skipped, not rewritten
         assert (step / "docs" / name).stat().st_mtime_ns == mtime, name
 

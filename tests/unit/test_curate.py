@@ -160,17 +160,44 @@ def test_pydocs_fallback(tmp_path):
     assert len(tasks[0].labels) >= 2 and "json" in tasks[0].labels
 
 
+def test_source_digest_names_the_raw_content(tmp_path):
+    """The step version's external input: the raw step dirs' names, which follow the user files' bytes."""
+    from modpipe.curate import source_digest
+
+    data = tmp_path / "corpus"
+    data.mkdir()
+    (data / "a.jsonl").write_text(json.dumps({"id": "a", "text": prose(1)}) + "\n")
+    cfg = small_cfg(tmp_path / "run", f"corpus.man_root={tmp_path / 'no-man'}", "corpus.source=files",
+                    f"corpus.paths=[{data}]")
+    first = source_digest(cfg)
+    assert first["harvest"].startswith("pydocs-") and first["raw"].startswith("files-")
+    assert (tmp_path / "run" / "raw" / first["raw"]).is_dir()
+    assert source_digest(cfg) == first  # same bytes, same names (the raw dirs are reused)
+    (data / "a.jsonl").write_text(json.dumps({"id": "a", "text": prose(2)}) + "\n")
+    changed = source_digest(cfg)
+    assert changed["raw"] != first["raw"] and changed["harvest"] == first["harvest"]
+
+
 # --- the whole stage --------------------------------------------------------------------------------------------
 
 
+def curate(cfg):
+    """Curate through the executor; the step's result."""
+    from modpipe.executor import run_steps
+
+    return run_steps(cfg, ["curate"])["curate"]
+
+
 @needs_man
-def test_curate_run_shards_manifest_reuse(run_dir, ray_local):
-    from modpipe import curate
+def test_curate_run_shards_manifest_reuse(run_dir, ray_local, caplog, capfd):
     from modpipe.models.backbone import EOS_ID, SPECIAL_TOKENS
 
     cfg = small_cfg(run_dir)
-    out = curate.run(cfg)
+    with caplog.at_level(logging.INFO, logger="modpipe"):
+        result = curate(cfg)
+    out = result.outputs
     root = Path(out["curate_dir"])
+    assert root == result.dir and root.parent == run_dir / "curate" and not result.skipped
     manifest = json.loads(Path(out["manifest"]).read_text())
     assert manifest["seq_len"] == 64 and manifest["total_rows"] > 0
     assert manifest["tokenizer_sha256"] == sha256_file(out["tokenizer"])
@@ -217,10 +244,21 @@ def test_curate_run_shards_manifest_reuse(run_dir, ray_local):
     assert len(quarantined) == stats["quarantined"]
     assert {"source", "line", "reason", "detail"} <= set(quarantined[0])
 
+    # nothing written names the temp dir the outputs were built in; the executor left no temp or work dir
+    for p in root.rglob("*"):
+        assert not p.is_file() or b".tmp-curate" not in p.read_bytes(), p
+    assert not list((run_dir / "curate").glob(".tmp-*")) and not list((run_dir / "curate").glob(".work-*"))
+    # a quiet healthy run: one line per pass, no Ray Data progress dumps, no traceback
+    passes = [r.getMessage().split(":")[1].strip() for r in caplog.records
+              if re.match(r"curate: (normalize|filter|encode): +\d+ shard", r.getMessage())]
+    assert passes == ["normalize", "filter", "encode"]
+    printed = capfd.readouterr()
+    assert "Running Dataset" not in printed.err + printed.out and "Traceback" not in printed.err + printed.out
+
     # a second run reuses the step dir untouched
-    stamp = (root / "provenance.json").stat().st_mtime_ns
-    again = curate.run(cfg)
-    assert again == out and (root / "provenance.json").stat().st_mtime_ns == stamp
+    stamp = (root / "status.json").stat().st_mtime_ns
+    again = curate(cfg)
+    assert again.skipped and again.outputs == out and (root / "status.json").stat().st_mtime_ns == stamp
 
 
 # --- user files: bad input, decontamination ---------------------------------------------------------------------
@@ -229,8 +267,6 @@ def test_curate_run_shards_manifest_reuse(run_dir, ray_local):
 
 @needs_man
 def test_files_bad_input_and_decontamination(run_dir, tmp_path, ray_local, caplog):
-    from modpipe import curate
-
     # a held-out example of the man tasks, planted in the user's corpus twice: as is, and as the full page
     cfg0 = small_cfg(run_dir)
     harvest = hv.harvest_man(cfg0)
@@ -265,7 +301,7 @@ def test_files_bad_input_and_decontamination(run_dir, tmp_path, ray_local, caplo
     cfg = small_cfg(run_dir, "corpus.source=files", f"corpus.paths=[{data}]", "curate.min_chars=50",
                     "curate.min_words=5")
     with caplog.at_level(logging.WARNING, logger="modpipe.curate"):
-        out = curate.run(cfg)
+        out = curate(cfg).outputs
     assert {p.name: sha256_file(p) for p in data.iterdir()} == before  # raw input untouched
 
     q = [json.loads(x) for x in Path(out["quarantine"]).read_text().splitlines()]

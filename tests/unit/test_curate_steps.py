@@ -264,3 +264,55 @@ def test_chain_keeps_columns_for_empty_and_full_batches():
             df = step(df)
         assert {"lang", "lang_score", "pii_email", "pii_ip", "pii_phone"} <= set(df.columns)
     assert np.array_equal(df["pii_email"].to_numpy(), [0])
+
+
+def test_step_base_bookkeeping():
+    """``Step.run``: rows in/out and removed per reason into mergeable stats, the step's name on the rows it
+    rejected; rows rejected earlier are not seen again."""
+    from modpipe.curate.base import Stats
+    from modpipe.curate.filters import Length
+
+    df = frame({"a": "x" * 300, "b": "short", "c": "y" * 50, "d": "z" * 400}).assign(step="")
+    df.loc[df["id"] == "c", ["reason", "step"]] = ["duplicate", "dedup_exact"]
+    stats = Stats()
+    out = Length(min_chars=100, max_chars=350).run(df, stats)
+    assert reasons(out) == {"a": "", "b": "too_short", "c": "duplicate", "d": "too_long"}
+    assert dict(zip(out["id"], out["step"])) == {"a": "", "b": "length", "c": "dedup_exact", "d": "length"}
+    assert stats.as_dict() == {"length": {"in": 3, "out": 1, "removed_by_reason": {"too_long": 1, "too_short": 1}}}
+    merged = Stats(stats.as_dict()).merge(stats.as_dict()).as_dict()
+    assert merged["length"] == {"in": 6, "out": 2, "removed_by_reason": {"too_long": 2, "too_short": 2}}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every ``modpipe`` module a file imports, at the top or inside a function (``from pkg import module``: the
+    module; ``from pkg import name``: the package)."""
+    import ast
+    import importlib.util
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("modpipe"):
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                found.add(sub if importlib.util.find_spec(node.module).submodule_search_locations is not None
+                          and importlib.util.find_spec(sub) is not None else node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("modpipe")}
+    return found
+
+
+def test_config_imports_no_stage_code_and_curate_has_no_cycles():
+    import modpipe
+
+    root = Path(modpipe.__file__).parent
+    for cfg in root.glob("config*.py"):
+        assert not [m for m in _imports(cfg) if m.startswith("modpipe.curate")], cfg.name
+    modules = {f"modpipe.curate.{p.stem}" if p.stem != "__init__" else "modpipe.curate": p
+               for p in (root / "curate").glob("*.py")}
+    graph = {m: {i for i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
+
+    def reaches(start: str, goal: str, seen: set) -> bool:
+        return any(n == goal or (n not in seen and not seen.add(n) and reaches(n, goal, seen)) for n in graph[start])
+
+    cycles = sorted(m for m in graph if m != "modpipe.curate" and reaches(m, m, set()))
+    assert not cycles, cycles

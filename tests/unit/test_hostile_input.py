@@ -91,13 +91,13 @@ def test_readers_quarantine_each_kind_naming_file_and_row(hostile, caplog):
 
 
 def test_curate_stage_survives_and_keeps_raw_input(hostile, tmp_path, ray_local):
-    from modpipe import curate
+    from modpipe.executor import run_steps
 
     before = {p.name: sha256_file(p) for p in hostile.iterdir()}
     cfg = load_config(None, [f"run_dir={tmp_path}", f"corpus.man_root={tmp_path / 'no-man'}", "corpus.source=files",
                              f"corpus.paths=[{hostile}]", "curate.min_chars=50", "curate.min_words=5",
                              "curate.vocab_size=300", "curate.seq_len=32"])
-    out = curate.run(cfg)
+    out = run_steps(cfg, ["curate"])["curate"].outputs
     assert {p.name: sha256_file(p) for p in hostile.iterdir()} == before  # raw input untouched
 
     q = [json.loads(x) for x in Path(out["quarantine"]).read_text().splitlines()]

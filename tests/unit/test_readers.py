@@ -96,7 +96,7 @@ def test_memory_store_urls():
 def test_curate_takes_files_from_urls(tmp_path, ray_local):
     """``corpus.source=files`` over a memory:// Parquet file and a file:// folder of .jsonl.zst + .txt: every good
     record reaches docs/ with its id, sources name the URLs."""
-    from modpipe import curate
+    from modpipe.executor import run_steps
 
     fs = fsspec.filesystem("memory")
     buf = pa.BufferOutputStream()
@@ -113,7 +113,7 @@ def test_curate_takes_files_from_urls(tmp_path, ray_local):
                                  "corpus.text_field=content", "corpus.id_field=key", "curate.min_chars=50",
                                  "curate.min_words=5", "curate.vocab_size=300", "curate.seq_len=32",
                                  "curate.docs_per_file=4"])
-        out = curate.run(cfg)
+        out = run_steps(cfg, ["curate"])["curate"].outputs
     finally:
         fs.rm("/curate-urls", recursive=True)
     docs = pd.concat(pd.read_parquet(p) for p in sorted(Path(out["docs_dir"]).glob("*.parquet")))
