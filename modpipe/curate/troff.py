@@ -219,14 +219,15 @@ def _cond(expr: str, strings: dict[str, str]) -> tuple[bool, str]:
     return (not value) if neg else value, s
 
 
-def strip_troff(src: str) -> str:
-    """Plain text of a manual page source (see the module docstring)."""
-    strings: dict[str, str] = {}
-    lines = src.replace("\r\n", "\n").split("\n")
-    # join continuation lines (a trailing unescaped backslash)
+BREAKS = {"TP", "TQ", "PP", "LP", "P", "Pp", "HP", "Lp", "RS", "RE", "Bl", "El", "sp", "Sp", "bp"}
+DEFINITIONS = {"de", "de1", "am", "ig", "am1", "dei", "ami"}  # skipped up to their end marker
+
+
+def _join_continuations(src: str) -> list[str]:
+    """Source lines with continuation lines (a trailing unescaped backslash) joined."""
     joined: list[str] = []
     buf = ""
-    for ln in lines:
+    for ln in src.replace("\r\n", "\n").split("\n"):
         if ln.endswith("\\") and not ln.endswith("\\\\"):
             buf += ln[:-1]
             continue
@@ -234,166 +235,184 @@ def strip_troff(src: str) -> str:
         buf = ""
     if buf:
         joined.append(buf)
+    return joined
 
-    out: list[str] = []  # output lines; "" = paragraph break
-    state = {"nofill": False, "skip_until": None, "last_ie": True, "table": 0, "it_tag": False}
-    skip_depth = [0]  # >0: inside a false conditional block
-    names: list[str] = []  # mdoc: the page's name, for a bare .Nm
 
-    def emit(text: str) -> None:
-        if text.strip() or state["nofill"]:
-            out.append(text)
+class _Page:
+    """The state of one page being read line by line; ``out`` collects output lines, "" = paragraph break."""
 
-    def para() -> None:
-        if out and out[-1] != "":
-            out.append("")
+    def __init__(self) -> None:
+        self.strings: dict[str, str] = {}  # .ds strings
+        self.out: list[str] = []
+        self.nofill = False
+        self.skip_until: str | None = None  # inside .de/.ig: the line that ends it
+        self.skip_depth = 0  # >0: inside a false conditional \{ ... \} block
+        self.last_ie = True
+        self.table = 0  # 1: in a table's options/format lines, 2: in its data lines
+        self.tab = "\t"
+        self.names: list[str] = []  # mdoc: the page's name, for a bare .Nm
 
-    def handle(line: str) -> None:
-        # inside a false \{ ... \} block: count braces only
-        if skip_depth[0]:
-            skip_depth[0] += line.count("\\{") - line.count("\\}")
-            if skip_depth[0] < 0:
-                skip_depth[0] = 0
+    def emit(self, text: str) -> None:
+        if text.strip() or self.nofill:
+            self.out.append(text)
+
+    def para(self) -> None:
+        if self.out and self.out[-1] != "":
+            self.out.append("")
+
+    def render(self, s: str) -> str:
+        return render_escapes(s, self.strings)
+
+    def line(self, line: str) -> None:
+        if self._skipped(line) or (self.table and self._table_line(line)):
             return
-        if state["skip_until"] is not None:
-            if line.strip().startswith(state["skip_until"]):
-                state["skip_until"] = None
-            return
-        if state["table"]:
-            stripped = line.strip()
-            if stripped.startswith((".TE", "'TE")):
-                state["table"] = 0
-                para()
-                return
-            if state["table"] == 1:  # options (";"-terminated) and format lines (ending with ".")
-                m = re.search(r"\btab\s*\((.)\)", stripped)
-                if m:
-                    state["tab"] = m.group(1)
-                if stripped.endswith("."):
-                    state["table"] = 2
-                return
-            if stripped.startswith(".T&"):
-                state["table"] = 1
-                return
-            if not line.startswith((".", "'")):
-                cells = [c.replace("T{", "").replace("T}", "") for c in line.split(state.get("tab", "\t"))]
-                row = render_escapes(" ".join(c.strip() for c in cells if c.strip() not in ("", "_", "=")),
-                                     strings).strip()
-                if row and row not in ("_", "="):
-                    out.append(row)
-                return
-            # a request inside a T{ ... T} cell: handled like any other line below
         line = line.replace("\\}", "")
         if not line.startswith((".", "'")):
             if not line.strip():
-                para()
-                return
-            emit(render_escapes(line, strings))
+                self.para()
+            else:
+                self.emit(self.render(line))
             return
         body = line[1:].lstrip(" \t")
         if body.startswith(('\\"', "\\#")) or body == "":
             return
         m = re.match(r"(\S+)\s*(.*)", body)
-        if not m:
-            return
-        name, rest = m.group(1), m.group(2)
-        if name.startswith("\\\""):
-            return
-        if name in ("if", "ie", "el"):
-            if name == "el":
-                value, tail = not state["last_ie"], rest
-            else:
-                value, tail = _cond(rest, strings)
-                if name == "ie":
-                    state["last_ie"] = value
-            tail = tail.lstrip()
-            block = tail.startswith("\\{")
+        if m and not m.group(1).startswith("\\\""):
+            self.request(m.group(1), m.group(2))
+
+    def _skipped(self, line: str) -> bool:
+        """Inside a false \{ ... \} block (count braces only) or a definition / ignored block."""
+        if self.skip_depth:
+            self.skip_depth = max(0, self.skip_depth + line.count("\\{") - line.count("\\}"))
+            return True
+        if self.skip_until is not None:
+            if line.strip().startswith(self.skip_until):
+                self.skip_until = None
+            return True
+        return False
+
+    def _table_line(self, line: str) -> bool:
+        """A tbl(1) line: True when handled here; a request inside a T{ ... T} cell is handled as any other."""
+        stripped = line.strip()
+        if stripped.startswith((".TE", "'TE")):
+            self.table = 0
+            self.para()
+            return True
+        if self.table == 1:  # options (";"-terminated) and format lines (ending with ".")
+            m = re.search(r"\btab\s*\((.)\)", stripped)
+            if m:
+                self.tab = m.group(1)
+            if stripped.endswith("."):
+                self.table = 2
+            return True
+        if stripped.startswith(".T&"):
+            self.table = 1
+            return True
+        if line.startswith((".", "'")):
+            return False
+        cells = [c.replace("T{", "").replace("T}", "") for c in line.split(self.tab)]
+        row = self.render(" ".join(c.strip() for c in cells if c.strip() not in ("", "_", "="))).strip()
+        if row and row not in ("_", "="):
+            self.out.append(row)
+        return True
+
+    def conditional(self, name: str, rest: str) -> None:
+        """.if / .ie / .el: the rest of the line (or a \{ ... \} block) when the condition holds."""
+        if name == "el":
+            value, tail = not self.last_ie, rest
+        else:
+            value, tail = _cond(rest, self.strings)
+            if name == "ie":
+                self.last_ie = value
+        tail = tail.lstrip()
+        block = tail.startswith("\\{")
+        if block:
+            tail = tail[2:]
+        if not value:
             if block:
-                tail = tail[2:]
-            if not value:
-                if block:
-                    skip_depth[0] = 1 + tail.count("\\{") - tail.count("\\}")
-                return
-            tail = tail.lstrip()
-            if tail:
-                handle(tail)
+                self.skip_depth = 1 + tail.count("\\{") - tail.count("\\}")
             return
-        if name in ("de", "de1", "am", "ig", "am1", "dei", "ami"):
+        tail = tail.lstrip()
+        if tail:
+            self.line(tail)
+
+    def define(self, name: str, rest: str) -> None:
+        """.de & co (skipped up to their end marker) and .ds/.as (strings, stored rendered)."""
+        if name in DEFINITIONS:
             parts = rest.split()
             end = parts[1] if len(parts) > 1 and name != "ig" else (parts[0] if name == "ig" and parts else "")
-            state["skip_until"] = "." + end if end else ".."
+            self.skip_until = "." + end if end else ".."
             return
-        if name in ("ds", "ds1", "as"):
-            parts = rest.split(None, 1)
-            if parts:
-                val = parts[1] if len(parts) > 1 else ""
-                if val.startswith('"'):
-                    val = val[1:]
-                strings[parts[0]] = (strings.get(parts[0], "") if name == "as" else "") + render_escapes(val, strings)
-            return
+        parts = rest.split(None, 1)
+        if parts:
+            val = parts[1] if len(parts) > 1 else ""
+            if val.startswith('"'):
+                val = val[1:]
+            self.strings[parts[0]] = (self.strings.get(parts[0], "") if name == "as" else "") + self.render(val)
+
+    def layout(self, name: str, rest: str) -> bool:
+        """Requests that only lay out text (tables, headings, fill mode, breaks); True when ``name`` is one."""
         if name == "TS":
-            state["table"], state["tab"] = 1, "\t"
-            para()
-            return
-        if name in HEADINGS:
-            para()
-            emit(render_escapes(" ".join(_split_args(rest)), strings).strip())
-            para()
-            return
-        if name in NOFILL_ON:
-            state["nofill"] = True
-            para()
-            return
-        if name in NOFILL_OFF:
-            state["nofill"] = False
-            para()
-            return
-        if name in ("TP", "TQ", "PP", "LP", "P", "Pp", "HP", "Lp", "RS", "RE", "Bl", "El", "sp", "Sp", "bp"):
-            para()
-            return
-        if name == "br":
-            out.append("") if state["nofill"] else para()
-            return
-        if name == "IP":
-            para()
-            args = _split_args(rest)
-            if args:
-                emit(render_escapes(args[0], strings))
-            return
-        if name == "It":
-            para()
-            emit(render_escapes(_mdoc_words(_split_args(rest), names), strings))
-            return
-        if name in MDOC_CALLABLE and name not in ("Sm", "Bk", "Ek"):
-            emit(render_escapes(_mdoc_words([name, *_split_args(rest)], names), strings))
-            return
-        if name in JOINED:
-            emit(render_escapes("".join(_split_args(rest)), strings))
-            return
-        if name in ("UR", "MT"):
-            args = _split_args(rest)
-            if args:
-                emit(render_escapes(args[0], strings))
-            return
-        if name in SPACED:
-            emit(render_escapes(_mdoc_words(_split_args(rest), names), strings))
-            return
-        # anything else: a layout request or an unknown macro -> no text
-        return
-
-    for ln in joined:
-        handle(ln)
-
-    # fill: join lines inside paragraphs (nofill lines were emitted as is; joining them with newlines keeps them)
-    paras, cur = [], []
-    for o in out:
-        if o == "":
-            if cur:
-                paras.append(cur)
-            cur = []
+            self.table, self.tab = 1, "\t"
+            self.para()
+        elif name in HEADINGS:
+            self.para()
+            self.emit(self.render(" ".join(_split_args(rest))).strip())
+            self.para()
+        elif name in NOFILL_ON or name in NOFILL_OFF:
+            self.nofill = name in NOFILL_ON
+            self.para()
+        elif name in BREAKS:
+            self.para()
+        elif name == "br":
+            self.out.append("") if self.nofill else self.para()
         else:
-            cur.append(o)
-    if cur:
-        paras.append(cur)
-    text = "\n\n".join("\n".join(p) for p in paras)
-    return text.strip()
+            return False
+        return True
+
+    def request(self, name: str, rest: str) -> None:
+        """A request or macro line: conditionals and definitions, layout, macros that carry text; anything else
+        (a layout request or an unknown macro) gives no text."""
+        if name in ("if", "ie", "el"):
+            self.conditional(name, rest)
+        elif name in DEFINITIONS or name in ("ds", "ds1", "as"):
+            self.define(name, rest)
+        elif self.layout(name, rest):
+            pass
+        elif name in ("IP", "UR", "MT"):
+            if name == "IP":
+                self.para()
+            args = _split_args(rest)
+            if args:
+                self.emit(self.render(args[0]))
+        elif name == "It":
+            self.para()
+            self.emit(self.render(_mdoc_words(_split_args(rest), self.names)))
+        elif name in MDOC_CALLABLE and name not in ("Sm", "Bk", "Ek"):
+            self.emit(self.render(_mdoc_words([name, *_split_args(rest)], self.names)))
+        elif name in JOINED:
+            self.emit(self.render("".join(_split_args(rest))))
+        elif name in SPACED:
+            self.emit(self.render(_mdoc_words(_split_args(rest), self.names)))
+
+    def text(self) -> str:
+        """Fill: lines inside a paragraph joined (nofill lines were emitted as is; newlines keep them)."""
+        paras, cur = [], []
+        for o in self.out:
+            if o == "":
+                if cur:
+                    paras.append(cur)
+                cur = []
+            else:
+                cur.append(o)
+        if cur:
+            paras.append(cur)
+        return "\n\n".join("\n".join(p) for p in paras).strip()
+
+
+def strip_troff(src: str) -> str:
+    """Plain text of a manual page source (see the module docstring)."""
+    page = _Page()
+    for ln in _join_continuations(src):
+        page.line(ln)
+    return page.text()
