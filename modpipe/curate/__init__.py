@@ -165,13 +165,13 @@ def run(cfg: PipelineConfig, ctx: StepContext) -> dict[str, Any]:
         log.info("curate: resuming from %s", ctx.work)
 
     with w.timed("normalize"):  # 2. read + normalize, per shard
-        passes.normalize_pass(w, c.parallelism, list(c.normalize), cfg.corpus.max_record_bytes, minhash)
+        passes.normalize_pass(w, c, cfg.corpus.max_record_bytes)
     with w.timed("tasks"):  # 3. tasks, from the man harvest's normalised text
         task_list, tasks_summary = _tasks(w, harvest, cfg, normalized=cfg.corpus.source != "files")
     with w.timed("dedup_filter"):  # 4. global exact + MinHash dedup -> 5. the filter chain, per shard
         todo = w.pending("filter", w.filtered)
         chain = _chain(c, task_list, *(_dedup_verdicts(w.normalized, minhash) if todo else ({}, {})))
-        passes.filter_pass(w, todo, chain, c.parallelism)
+        passes.filter_pass(w, c, todo, chain)
     with w.timed("tokenizer"):  # 6. tokenizer, trained once on the kept docs
         tokenizer_json = _tokenizer(w, c)
     with w.timed("encode"):  # 7. encode + pack, per shard

@@ -198,12 +198,13 @@ def normalize_shard(item: dict[str, Any], steps: list[str], max_bytes: int, minh
     return {"index": item["index"], "rows": len(df), "rejected": int((df["reason"] != "").sum())}
 
 
-def normalize_pass(w: Work, parallelism: int, steps: list[str], max_bytes: int, minhash) -> None:
+def normalize_pass(w: Work, c, max_bytes: int) -> None:
+    """``c``: ``CurateConfig``; ``max_bytes``: ``corpus.max_record_bytes``."""
     todo = w.pending("normalize", w.normalized)
     items = [{"index": w.index[k], "part": str(w.parts[k]), "out": str(w.normalized[k]),
               "stats": str(w.normalize_stats[k])} for k in todo]
-    run_pass("normalize", items, normalize_shard, parallelism, w.skipped["normalize"], steps=steps,
-             max_bytes=max_bytes, minhash=minhash)
+    run_pass("normalize", items, normalize_shard, c.parallelism, w.skipped["normalize"], steps=list(c.normalize),
+             max_bytes=max_bytes, minhash=c.minhash if c.minhash.enabled else None)
 
 
 # --- filter ----------------------------------------------------------------------------------------------------
@@ -239,10 +240,11 @@ def filter_shard(item: dict[str, Any], chain: list) -> dict[str, Any]:
     return {"index": item["index"], "rows": len(df), "kept": len(kept)}
 
 
-def filter_pass(w: Work, todo: list[int], chain: list, parallelism: int) -> None:
+def filter_pass(w: Work, c, todo: list[int], chain: list) -> None:
+    """``c``: ``CurateConfig``; ``todo``: ``w.pending("filter", ...)`` (asked first: dedup runs only if any)."""
     items = [{"index": w.index[k], "normalized": str(w.normalized[k]), "docs": str(w.docs[k]),
               "quarantine": str(w.quarantine[k]), "done": str(w.filtered[k])} for k in todo]
-    run_pass("filter", items, filter_shard, parallelism, w.skipped["filter"], chain=chain)
+    run_pass("filter", items, filter_shard, c.parallelism, w.skipped["filter"], chain=chain)
 
 
 # --- encode + pack ---------------------------------------------------------------------------------------------
