@@ -109,6 +109,8 @@ class StepContext:
     final: Path
     inputs: dict[str, StepResult]
     """Upstream steps' results by step name."""
+    failed_dir: Path | None = None
+    """Where ``out`` goes if the function raises (so an error message can name files that will exist)."""
 
 
 def read_status(step_dir: Path) -> dict[str, Any] | None:
@@ -212,6 +214,15 @@ def _latest_failure(root: Path, base: str) -> dict[str, Any] | None:
     return max(failures, key=lambda r: r.get("finished", 0)) if failures else None
 
 
+def _free(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... whichever does not exist yet (a run may fail a step twice)."""
+    n, out = 1, path
+    while out.exists():
+        n += 1
+        out = path.with_name(f"{path.name}-{n}")
+    return out
+
+
 def _write_status(path: Path, record: dict[str, Any]) -> None:
     tmp = path / f".{STATUS}.tmp"
     tmp.write_text(json.dumps(record, indent=2, default=str))
@@ -246,9 +257,8 @@ def execute(step: Step, cfg: PipelineConfig, inputs: dict[str, StepResult], *, r
             return done
         failure = _latest_failure(root, base)
         if failure is not None and not force:
-            raise StepFailed(f"{step.name} failed in run {failure.get('run_id')}: {failure.get('error')} "
-                             f"(record: {root / (base + '.failed-' + str(failure.get('run_id')))}; "
-                             f"rerun with --force to try again)")
+            raise StepFailed(f"{step.name} failed in run {failure.get('run_id')}: {failure.get('error')}\n"
+                             f"(record: {failure.get('record_dir')}; rerun with --force to try again)")
         for stale in root.glob(f".tmp-{base}-*"):  # temp dirs of killed builds: we hold the lock
             log.info("step %s: removing %s left by a killed build", step.name, stale)
             shutil.rmtree(stale, ignore_errors=True)
@@ -264,16 +274,18 @@ def execute(step: Step, cfg: PipelineConfig, inputs: dict[str, StepResult], *, r
             "code_version": step.code_version, "libraries": library_versions(), "git_commit": git_commit(),
         }
         _write_status(tmp, record)
-        ctx = StepContext(step.name, version, run_id, tmp, work, final, {n: inputs[n] for n in step.inputs})
+        failed = _free(root / f"{base}.failed-{run_id}")
+        ctx = StepContext(step.name, version, run_id, tmp, work, final, {n: inputs[n] for n in step.inputs},
+                          failed)
         log.info("step %s: building %s (run %s)", step.name, final, run_id)
         try:
             outputs = step.function()(cfg, ctx) or {}
-        except BaseException as err:
-            failed = root / f"{base}.failed-{run_id}"
+        except Exception as err:  # Ctrl-C / SIGTERM are not failures: the next run resumes from `work`
             reason = str(err).strip() or type(err).__name__
             _write_status(tmp, {**record, "state": FAILED, "finished": time.time(),
                                 "seconds": round(time.time() - started, 3), "error": f"{type(err).__name__}: {reason}",
-                                "error_type": type(err).__name__, "traceback": traceback.format_exc()})
+                                "error_type": type(err).__name__, "traceback": traceback.format_exc(),
+                                "record_dir": str(failed)})
             os.replace(tmp, failed)
             log.error("step %s failed (record: %s): %s", step.name, failed, reason.splitlines()[0])
             raise

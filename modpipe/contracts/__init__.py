@@ -183,7 +183,7 @@ def suites_digest(cfg: PipelineConfig) -> dict[str, str]:
 def run(cfg: PipelineConfig, ctx) -> dict[str, Any]:
     """The contracts step: ``check`` the curate output into the step dir; a failure's results and Data Docs stay
     in the failed record ``<step dir>.failed-<run_id>/``, which the error message names."""
-    failed_dir = ctx.final.parent / f"{ctx.final.name}.failed-{ctx.run_id}"
+    failed_dir = ctx.failed_dir or ctx.final.parent / f"{ctx.final.name}.failed-{ctx.run_id}"
     return check(cfg, ctx.inputs["curate"].outputs, ctx.out, failed_dir=failed_dir, run_id=ctx.run_id)
 
 

@@ -60,7 +60,12 @@ def source_digest(cfg: PipelineConfig) -> dict[str, str]:
     listing, or of every user file's bytes).  Always looked at afresh; the ``run`` that follows reads the very
     raw dirs named here (and does not read the user's files a second time)."""
     harvest, raw = _DIGESTED[cfg.model_dump_json()] = _sources(cfg)
-    return {"harvest": Path(harvest["raw_dir"]).name, "raw": Path(raw["raw_dir"]).name}
+    out = {"harvest": Path(harvest["raw_dir"]).name, "raw": Path(raw["raw_dir"]).name}
+    if any(t.kind == "py_package" for t in cfg.tasks.specs):  # its docstrings depend on the Python version
+        from modpipe.curate.harvest import harvest_pydocs
+
+        out["pydocs"] = Path(harvest_pydocs(cfg)["raw_dir"]).name
+    return out
 
 
 def _outputs(path: Path, raw: dict, harvest: dict) -> dict[str, str]:

@@ -73,7 +73,7 @@ def test_failed_step_is_refused_until_forced(cfg):
     assert (failed / "partial.txt").read_text() == "half"  # what it wrote stays for a person to look at
     assert not (cfg.run_path / "toy" / f"toy-{version}").exists()
 
-    with pytest.raises(StepFailed, match=r"failed in run run-a: ValueError: the input is bad.*--force"):
+    with pytest.raises(StepFailed, match=r"(?s)failed in run run-a: ValueError: the input is bad.*--force"):
         execute(OK, cfg, {}, run_id="run-b")  # same step, same version
     assert CALLS == ["run-a"]
     forced = execute(OK, cfg, {}, run_id="run-c", force=True)
