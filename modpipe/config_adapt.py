@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import field_validator
 
-from modpipe.config_base import _Section
+from modpipe.config_base import _Section, unversioned
 
 
 class LoraConfig(_Section):
@@ -77,7 +77,9 @@ class AdaptConfig(_Section):
     Train run per task, concurrently within the cluster's free resources."""
 
     tasks: list[str] = ["man_section", "man_language", "py_package"]
-    """Tasks (folders of curate's tasks_dir) to adapt; when none exists there, every task found is adapted."""
+    """Tasks (folders of curate's tasks_dir) to adapt; when none exists there, every task found is adapted.
+    Versioned for the step (its output lists these tasks' modules: adding one must re-run adapt), not per task:
+    each task's module dir is keyed by its own training fields and data, so only the new task trains."""
     method: ModuleMethod = "lora"
     """Module kind of every task: lora | ia3 (PEFT), prefix | prompt (PEFT), bottleneck (adapter), linear_probe
     (head only, backbone frozen) | full (every weight trains)."""
@@ -108,13 +110,13 @@ class AdaptConfig(_Section):
     """Validation metric (reported each epoch) that picks the epoch whose adapter becomes the module."""
     num_workers_per_task: int = 1
     """Ray Train workers per task (DDP when > 1)."""
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = unversioned(1.0)
+    gpus_per_worker: float = unversioned(0.0)
     """Fractional GPUs per trainer worker (with ``use_gpu``; 0 there means one whole GPU)."""
     use_gpu: bool = False
-    max_failures: int = 1
+    max_failures: int = unversioned(1)
     """Worker-group restarts per task (each resumes from the task's latest epoch checkpoint)."""
-    task_retries: int = 1
+    task_retries: int = unversioned(1)
     """Times a failed task is trained again (after the others were started) before it is reported failed."""
 
     @field_validator("train_fraction")
@@ -154,7 +156,7 @@ class TuneConfig(_Section):
     """Task to tune; when absent from tasks_dir, the first task adapt would train."""
     num_samples: int = 4
     """Trials (each one Ray Train run of ``adapt.num_workers_per_task`` workers)."""
-    max_concurrent_trials: int = 2
+    max_concurrent_trials: int = unversioned(2)
     lr_min: float = 3e-4
     lr_max: float = 1e-2
     """Learning rate is sampled log-uniformly in [lr_min, lr_max]."""

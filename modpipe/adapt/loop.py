@@ -1,4 +1,4 @@
-"""What each Ray Train worker runs for one task: a module (``job["method"]``) + head on the backbone.
+"""What each Ray Train worker runs for one task: a module (``job.module``) + head on the backbone.
 
 config -> setup -> data -> model (module kind, head, freeze policy) -> optimizer -> resume -> epochs.
 
@@ -17,7 +17,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from modpipe.adapt.job import AdaptJob, ModuleConfig
+    from modpipe.config_adapt import FreezeConfig
 
 ADAPTER_DIR = "adapter"  # the module's weight files inside a Ray checkpoint
 OPTIM_FILE = "optimizer.pt"  # torch AdamW state (tensors and numbers only: loaded with weights_only=True)
@@ -36,15 +40,6 @@ def _logger(rank: int, task: str) -> logging.Logger:
 
 
 # ---------------------------------------------------------------- the trainable model (shared with tests)
-
-
-def module_spec(job: dict[str, Any]) -> dict[str, Any]:
-    """``{"method", "head", "config"}`` of a job; the config is the job's section for the method (``lora`` for
-    LoRA, which the tune stage overrides per trial)."""
-    from modpipe.models.modules import get_method
-
-    section = get_method(job["method"]).config_section
-    return {"method": job["method"], "head": job["head"], "config": dict(job[section]) if section else {}}
 
 
 @dataclass
@@ -75,27 +70,27 @@ class Trainable:
         return own + sum(params[n].numel() for n in self.trained_backbone(steps_done))
 
 
-def build_trainable(backbone: str, num_labels: int, job: dict[str, Any]) -> Trainable:
+def build_trainable(backbone: str, num_labels: int, module: ModuleConfig, head: str, freeze: FreezeConfig,
+                    seed: int) -> Trainable:
     """Module + head on the backbone (seeded), the freeze policy applied, activation checkpointing if asked."""
-    from modpipe.models import freeze
+    from modpipe.models import freeze as policies
     from modpipe.models.modules import _classifier, build_task_model, num_blocks
 
-    spec = module_spec(job)
-    if spec["method"] == "prefix" and job["freeze"]["gradient_checkpointing"]:
+    spec = {"method": module.kind, "head": head, "config": module.hyperparameters()}
+    if module.kind == "prefix" and freeze.gradient_checkpointing:
         # PEFT hands the prefixes to the backbone as a key/value cache, which transformers drops from checkpointed
         # blocks in training (the attention mask then covers more keys than there are): refuse it by name.
         raise ValueError("method prefix does not train with freeze.gradient_checkpointing on (its prefixes travel "
                          "as a KV cache that activation checkpointing drops); turn one of them off")
-    model, n_backbone = build_task_model(backbone, num_labels, spec, job["seed"])
+    model, n_backbone = build_task_model(backbone, num_labels, spec, seed)
     layers = num_blocks(model)
-    policy = job["freeze"]
-    opened = freeze.apply_policy(model, policy, layers, spec["method"])
+    opened = policies.apply_policy(model, freeze.model_dump(), layers, module.kind)
     unfreezer = None
-    if policy["policy"] == "progressive" and spec["method"] != "full":
+    if freeze.policy == "progressive" and module.kind != "full":
         named = dict(model.named_parameters())
-        unfreezer = freeze.Unfreezer([(n, named[n]) for n in opened], layers, policy["unfreeze_every"])
-    if policy["gradient_checkpointing"]:
-        freeze.enable_checkpointing(_classifier(model))
+        unfreezer = policies.Unfreezer([(n, named[n]) for n in opened], layers, freeze.unfreeze_every)
+    if freeze.gradient_checkpointing:
+        policies.enable_checkpointing(_classifier(model))
     return Trainable(model, spec, n_backbone, layers, opened, unfreezer)
 
 
@@ -134,10 +129,11 @@ def epoch_order(n: int, world: int, seed: int, epoch: int):
 # ---------------------------------------------------------------- the worker
 
 
-def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     # ---------------------------------------------------------------- config
-    task, backbone, num_labels = job["task"], job["backbone"], job["num_labels"]
-    seed, epochs, batch_size, max_length = job["seed"], job["epochs"], job["batch_size"], job["max_length"]
+    job: AdaptJob = config["job"]
+    task, backbone, num_labels = job.task, job.backbone, job.num_labels
+    seed, epochs, batch_size, max_length = job.seed, job.epochs, job.batch_size, job.max_length
     started = time.time()
 
     # ---------------------------------------------------------------- setup
@@ -160,35 +156,35 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     log = _logger(rank, task)
 
     # ---------------------------------------------------------------- data
-    train = stratified_subset(read_split(job["task_dir"], "train", num_labels), job["train_fraction"], seed)
-    val = read_split(job["task_dir"], "val", num_labels)
+    train = stratified_subset(read_split(job.task_dir, "train", num_labels), job.train_fraction, seed)
+    val = read_split(job.task_dir, "val", num_labels)
     tokenizer = AutoTokenizer.from_pretrained(backbone)  # <pad> = 0
-    padding_side = get_method(job["method"]).padding_side
+    padding_side = get_method(job.method).padding_side
     steps_per_epoch = -(-len(epoch_order(len(train), world, seed, 0)) // world // batch_size)
     log.info("data: %d train (fraction %g) / %d val rows, %d labels, %d steps/epoch/rank (batch %d x %d ranks)",
-             len(train), job["train_fraction"], len(val), num_labels, steps_per_epoch, batch_size, world)
+             len(train), job.train_fraction, len(val), num_labels, steps_per_epoch, batch_size, world)
 
     # ---------------------------------------------------------------- model
-    t = build_trainable(backbone, num_labels, job)
-    policy = job["freeze"]
+    policy = job.freeze
+    t = build_trainable(backbone, num_labels, job.module, job.head, policy, seed)
     log.info("model: %s module + %s head, freeze %s (%d backbone weights may train%s), lr decay %g, "
              "checkpointing %s; %d trainable at start / %d backbone parameters",
-             job["method"], job["head"], policy["policy"], len(t.opened),
-             f", one more block every {policy['unfreeze_every']} steps" if t.unfreezer else "",
-             policy["layer_lr_decay"], "on" if policy["gradient_checkpointing"] else "off",
+             job.method, job.head, policy.policy, len(t.opened),
+             f", one more block every {policy.unfreeze_every} steps" if t.unfreezer else "",
+             policy.layer_lr_decay, "on" if policy.gradient_checkpointing else "off",
              t.trainable_params(0), t.backbone_params)
     model = ray.train.torch.prepare_model(t.model)  # to device; DDP when world > 1
     core = model.module if isinstance(model, DistributedDataParallel) else model
 
     # ---------------------------------------------------------------- optimizer
-    opt = make_optimizer(t, job["lr"], job["weight_decay"], policy["layer_lr_decay"])
+    opt = make_optimizer(t, job.lr, job.weight_decay, policy.layer_lr_decay)
 
     # ---------------------------------------------------------------- resume
     state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "started_at": started}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as ckpt:
-            load_weights(core, job["method"], Path(ckpt, ADAPTER_DIR))
+            load_weights(core, job.method, Path(ckpt, ADAPTER_DIR))
             opt.load_state_dict(torch.load(Path(ckpt, OPTIM_FILE), map_location=device, weights_only=True))
             state = {"step": 0, **json.loads(Path(ckpt, STATE_FILE).read_text())}
         log.info("resumed after epoch %d (step %d)", state["epoch"], state["step"])

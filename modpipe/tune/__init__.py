@@ -1,20 +1,28 @@
-"""Tune stage: Ray Tune with ASHA over learning rate x LoRA rank for one task.
+"""Tune stage: Ray Tune with ASHA over learning rate x LoRA rank for one task; its best trial's module is the task's
+candidate for publishing.
 
-``run(cfg, backbone, tasks_dir)`` -> ``{"tune_dir", "best_config", "best_metric", "trials"}`` (``{}`` when
-``cfg.tune.enabled`` is false).
+Step entry ``run(cfg, ctx)``: the contracts gate, then (``cfg.tune.enabled``) ``sweep`` on the backbone of
+``ctx.inputs["pretrain"]`` and the tasks of ``ctx.inputs["curate"]``, with the step's ``out`` and ``work`` dirs;
+disabled, it returns ``{"modules": {}}``. Library function ``sweep(cfg, backbone, tasks_dir, out, work)`` ->
+``{"modules": {task: dir}, "best_config", "trials", "best_metric", "tune_dir"}``.
 
 Ray 2.60 runs Train V2, where ``Tuner(TorchTrainer)`` is gone: each trial is a function trainable that builds and
 fits the adapt stage's TorchTrainer (same train function, same data) with ``TuneReportCallback``, which forwards
 every epoch's report (``epoch``, ``val_accuracy``, ``val_macro_f1``) to Tune; ASHA (``time_attr="epoch"``) stops
 weak trials after ``grace_period`` epochs. The trial itself holds no CPU: its Train workers do, so
-``max_concurrent_trials`` bounds how many trainers run at once. ``lr`` is sampled log-uniformly in
-[``lr_min``, ``lr_max``] and ``r`` from ``ranks`` (seeded by ``cfg.seed``); the other hparams come from ``adapt``
-with ``epochs = tune.epochs``.
+``max_concurrent_trials`` bounds how many trainers run at once. A trial's job is the task's adapt job
+(``modpipe.adapt.job``) with ``epochs = tune.epochs``, the epoch picked by ``tune.metric``, and the trial's ``lr``
+(log-uniform in [``lr_min``, ``lr_max``]) and, for a LoRA module, ``r`` (from ``ranks``); sampling is seeded by
+``cfg.seed``. A trial that trains to the end writes its module dir (``modpipe.adapt.trainer.write_module``, what
+adapt writes: module.json, weights, metrics.json, test predictions) from its driver.
 
-The sweep lives under ``<run_dir>/tune/ray/<task>-<fp>`` (its trials' Train runs under
-``<run_dir>/tune/train/<task>-<fp>``); rerunning after a crash restores it with ``Tuner.restore``. The result
-goes to ``<run_dir>/tune/<task>-<fp>/``: ``best_config.json`` (task, lr, r, metric, best_metric, best_epoch,
-trial) and ``trials.json`` (every trial's config, status and best metric).
+Everything resumable lives under ``work`` (kept across killed attempts): the experiment in ``work/ray/<task>``
+(restored with ``Tuner.restore``), the trials' Train runs in ``work/train/trial-<id>``, their module dirs in
+``work/modules/<task>-<fp>`` (``fp``: ``adapt.job.task_fingerprint`` of the trial's job). The best trial is the
+best (trial, epoch) on ``tune.metric`` over the validation split; its module is copied whole (module.json's sha256s
+stay valid) to ``out/modules/<task>/`` beside ``best_config.json`` (task, lr, r, metric, best_metric, best_epoch,
+trial) and ``trials.json`` (every trial's config, status and best metric). A best trial that ASHA stopped has no
+module dir yet: it is written from its Train run's checkpoints of the epochs Tune saw.
 """
 
 from __future__ import annotations
@@ -22,19 +30,24 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modpipe.adapt import hparams, make_job, scaling, select_tasks
+from modpipe.adapt import select_tasks
 from modpipe.adapt.data import TaskDataError, list_tasks, load_task
+from modpipe.adapt.job import AdaptJob, LoraModule, Scaling, TrainRun, make_job, task_fingerprint, training_fields
 from modpipe.config import PipelineConfig
-from modpipe.lineage import StepDir, fingerprint
+
+if TYPE_CHECKING:
+    from modpipe.executor import StepContext
 
 log = logging.getLogger("modpipe.tune")
 
 BEST_FILE = "best_config.json"
 TRIALS_FILE = "trials.json"
-COSMETIC_FIELDS = ("enabled", "max_concurrent_trials")
+MODULES_DIR = "modules"
 TRIAL_DRIVER_MEMORY = 64 * 1024 * 1024  # bytes of Ray's "memory" resource per trial
 
 
@@ -42,10 +55,15 @@ class TuneError(RuntimeError):
     """The sweep could not run or no trial reported the metric."""
 
 
-def _outputs(path: Path) -> dict[str, Any]:
-    best = json.loads((path / BEST_FILE).read_text())
-    return {"tune_dir": str(path), "best_config": str(path / BEST_FILE), "best_metric": best["best_metric"],
-            "trials": str(path / TRIALS_FILE)}
+def run(cfg: PipelineConfig, ctx: StepContext) -> dict[str, Any]:
+    """Step entry: the contracts gate, then the sweep (nothing more when ``tune.enabled`` is false)."""
+    from modpipe.gates import require_contracts
+
+    require_contracts(ctx)
+    if not cfg.tune.enabled:
+        log.info("tune: disabled")
+        return {"modules": {}}
+    return sweep(cfg, ctx.inputs["pretrain"]["backbone"], ctx.inputs["curate"]["tasks_dir"], ctx.out, ctx.work)
 
 
 def pick_task(cfg: PipelineConfig, tasks_dir: str | Path) -> str:
@@ -58,26 +76,46 @@ def pick_task(cfg: PipelineConfig, tasks_dir: str | Path) -> str:
     return candidates[0]
 
 
-def trial_driver(config: dict, job: dict, scaling: dict, storage: str, max_failures: int) -> None:
-    """One Tune trial: the adapt TorchTrainer with this trial's lr and LoRA rank, reporting through Tune."""
+def trial_job(job: AdaptJob, config: dict[str, Any]) -> AdaptJob:
+    """The task's job with one trial's ``lr`` and (LoRA) rank ``r``."""
+    update: dict[str, Any] = {"lr": float(config["lr"])}
+    if config.get("r") is not None:
+        if not isinstance(job.module, LoraModule):
+            raise TuneError(f"tune: rank r={config['r']} given for a {job.method} module (ranks are LoRA's)")
+        update["module"] = job.module.model_copy(update={"r": int(config["r"])})
+    return job.model_copy(update=update)
+
+
+def trial_run(base: TrainRun, job: AdaptJob, scaling: Scaling, trial_id: str) -> TrainRun:
+    """Where a trial's Train run (``trial-<id>``) and module dir (keyed by the trial's own job) live."""
+    fp = task_fingerprint(job, scaling, base.backbone_fingerprint, base.inputs["data_digests"])
+    return base.model_copy(update={"name": f"trial-{trial_id}", "fp": fp,
+                                   "config": {"adapt": training_fields(job, scaling), "seed": job.seed,
+                                              "trial_id": trial_id}})
+
+
+def trial_driver(config: dict, job: AdaptJob, scaling: Scaling, run: TrainRun) -> None:
+    """One Tune trial: the adapt TorchTrainer with this trial's lr and LoRA rank, reporting through Tune; when it
+    trains to the end, its module dir (as adapt writes it) under ``run.module_root``."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from modpipe.adapt.trainer import make_trainer
+    from modpipe.adapt.trainer import make_trainer, write_module
 
-    job = {**job, "lr": float(config["lr"]), "lora": {**job["lora"], "r": int(config["r"])}}
-    trial_id = ray.tune.get_context().get_trial_id()
+    job = trial_job(job, config)
+    run = trial_run(run, job, scaling, ray.tune.get_context().get_trial_id())
     # No timestamps in the name: a restored trial reruns this and Train resumes its run from the last epoch.
-    trainer = make_trainer(job, scaling, name=f"trial-{trial_id}", storage=storage, max_failures=max_failures,
+    trainer = make_trainer(job, scaling, name=run.name, storage=run.storage, max_failures=run.max_failures,
                            callbacks=[TuneReportCallback()])
-    trainer.fit()
+    t0 = time.time()
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    write_module(job, run, result.best_checkpoints or [], str(result.path), time.time() - t0, fit_started=t0)
 
 
-def run(cfg: PipelineConfig, backbone: str, tasks_dir: str) -> dict[str, Any]:
-    """Run (or restore, or reuse) the sweep; see the module docstring."""
-    if not cfg.tune.enabled:
-        log.info("tune: disabled")
-        return {}
+def sweep(cfg: PipelineConfig, backbone: str | Path, tasks_dir: str | Path, out: Path, work: Path) -> dict[str, Any]:
+    """Run (or restore from ``work``) the sweep; the best trial's module and the records go to ``out``."""
     from modpipe.models.fingerprint import read_backbone_fingerprint
 
     t = cfg.tune
@@ -85,47 +123,72 @@ def run(cfg: PipelineConfig, backbone: str, tasks_dir: str) -> dict[str, Any]:
         raise TuneError(f"tune.lr_min/lr_max: need 0 < {t.lr_min} <= {t.lr_max}")
     if not t.ranks or min(t.ranks) < 1:
         raise TuneError(f"tune.ranks: need positive ranks, got {t.ranks}")
+    out, work = Path(out), Path(work).resolve()  # absolute: Ray workers run in their own directories
     backbone_fp = read_backbone_fingerprint(backbone)
     name = pick_task(cfg, tasks_dir)
     try:
         task = load_task(tasks_dir, name)
     except TaskDataError as err:
         raise TuneError(f"tune: task {name}: {err}") from None
-    hp = hparams(cfg, epochs=t.epochs)
-    space = {k: v for k, v in t.model_dump(mode="json").items() if k not in COSMETIC_FIELDS}
-    fp = fingerprint({"tune": space, "adapt": hp, "seed": cfg.seed, "backbone": backbone_fp, "task": name,
-                      "labels": task.labels, "data": task.digests})
-    step = StepDir(cfg.run_path / "tune", name, fp)
-    if step.done():
-        log.info("tune: reusing %s", step.path)
-        return _outputs(step.path)
+    job = make_job(cfg, task, backbone).model_copy(update={"epochs": t.epochs, "select_metric": t.metric})
+    scaling = Scaling.of(cfg.adapt)
+    base = TrainRun(name="", storage=str(work / "train"), max_failures=cfg.adapt.max_failures,
+                    module_root=str(work / MODULES_DIR), fp="", backbone_fingerprint=backbone_fp, config={},
+                    inputs={"backbone": job.backbone, "task_dir": job.task_dir, "data_digests": task.digests,
+                            "rows": {s: len(task.splits[s]) for s in task.splits},
+                            "quarantined_rows": len(task.rejects)})
 
-    grid, exp_path = _sweep(cfg, make_job(cfg, task, backbone, hp), exp_name=f"{name}-{fp}")
+    grid, exp_path = _fit_sweep(cfg, job, scaling, base, work / "ray", exp_name=name)
     trials = _summarise(grid, t.metric)
     scored = [tr for tr in trials if tr["best_metric"] is not None]
     if not scored:
         errors = "; ".join(f"{tr['trial_id']}: {tr['error']}" for tr in trials if tr["error"]) or "no results"
         raise TuneError(f"no trial reported {t.metric} (sweep {exp_path}): {errors}")
     best = max(scored, key=lambda tr: (tr["best_metric"], -tr["trial_index"]))
+    module = _best_module(job, scaling, base, best, grid)
+    shutil.copytree(module, out / MODULES_DIR / name)
     record = {
         "task": name, "lr": best["lr"], "r": best["r"], "metric": t.metric, "best_metric": best["best_metric"],
         "best_epoch": best["best_epoch"], "trial_id": best["trial_id"], "num_trials": len(trials),
         "stopped_early": sum(1 for tr in trials if tr["epochs_run"] < t.epochs and not tr["error"]),
         "failed_trials": sum(1 for tr in trials if tr["error"]), "epochs": t.epochs,
-        "lora_alpha": hp["lora"]["alpha"], "sweep": str(exp_path),
+        "method": job.method, "lora_alpha": getattr(job.module, "alpha", None), "sweep": str(exp_path),
+        "module_fingerprint": Path(module).name.removeprefix(f"{name}-"),
     }
-    with step.building(config={"tune": space, "adapt": hp, "seed": cfg.seed},
-                       inputs={"backbone": str(backbone), "backbone_fingerprint": backbone_fp,
-                               "task_dir": str(task.dir), "data_digests": task.digests}) as tmp:
-        (tmp / BEST_FILE).write_text(json.dumps(record, indent=2))
-        (tmp / TRIALS_FILE).write_text(json.dumps(trials, indent=2))
-    log.info("tune: best %s = %.4f with lr %.2e, r %d (trial %s, epoch %s) -> %s", t.metric, best["best_metric"],
-             best["lr"], best["r"], best["trial_id"], best["best_epoch"], step.path)
-    return _outputs(step.path)
+    (out / BEST_FILE).write_text(json.dumps(record, indent=2))
+    (out / TRIALS_FILE).write_text(json.dumps(trials, indent=2))
+    log.info("tune: best %s = %.4f with lr %.2e, r %s (trial %s, epoch %s) -> %s", t.metric, best["best_metric"],
+             best["lr"], best["r"], best["trial_id"], best["best_epoch"], out / MODULES_DIR / name)
+    return {"modules": {name: str(out / MODULES_DIR / name)}, "best_config": str(out / BEST_FILE),
+            "trials": str(out / TRIALS_FILE), "best_metric": best["best_metric"], "tune_dir": str(out)}
 
 
-def _sweep(cfg: PipelineConfig, job: dict, exp_name: str):
-    """Fit a new Tuner, or restore the one a crashed run left under the same name."""
+def _best_module(job: AdaptJob, scaling: Scaling, base: TrainRun, best: dict[str, Any], grid) -> Path:
+    """The best trial's module dir: the one its driver wrote, else (ASHA stopped it, or its driver died after
+    training) one written here from its Train run's checkpoints of the epochs Tune saw."""
+    from ray.train import Result
+
+    from modpipe.adapt.trainer import write_module
+    from modpipe.lineage import StepDir
+
+    tjob = trial_job(job, best)
+    run = trial_run(base, tjob, scaling, best["trial_id"])
+    step = StepDir(run.module_root, tjob.task, run.fp)
+    if step.done():
+        return step.path
+    train_path = Path(run.storage) / run.name
+    log.info("tune: best trial %s has no module dir (stopped at epoch %d); writing it from %s", best["trial_id"],
+             best["epochs_run"], train_path)
+    result = Result.from_path(str(train_path))
+    seen = [(c, m) for c, m in result.best_checkpoints or [] if m and m.get("epoch", 0) <= best["epochs_run"]]
+    started = min((m.get("started_at", 0.0) for _, m in seen), default=time.time())
+    finished = max((m.get("reported_at", started) for _, m in seen), default=started)
+    write_module(tjob, run, seen, str(train_path), finished - started, fit_started=started)
+    return step.path
+
+
+def _fit_sweep(cfg: PipelineConfig, job: AdaptJob, scaling: Scaling, base: TrainRun, storage: Path, exp_name: str):
+    """Fit a new Tuner, or restore the one a killed attempt left under the same name."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -134,12 +197,9 @@ def _sweep(cfg: PipelineConfig, job: dict, exp_name: str):
 
     t = cfg.tune
     ensure_ray(cfg.ray)
-    storage = cfg.run_path / "tune" / "ray"
     exp_path = storage / exp_name
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, job=job, scaling=scaling(cfg),
-                             storage=str(cfg.run_path / "tune" / "train" / exp_name),
-                             max_failures=cfg.adapt.max_failures),
+        tune.with_parameters(trial_driver, job=job, scaling=scaling, run=base),
         # The trial only drives its TorchTrainer; the Train workers hold the CPUs/GPUs. Tune refuses an all-zero
         # request and any CPU fraction would keep the last trainer off a full node, so reserve a little memory.
         {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
@@ -148,12 +208,18 @@ def _sweep(cfg: PipelineConfig, job: dict, exp_name: str):
         log.info("tune: restoring the sweep at %s", exp_path)
         tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
     else:
+        space: dict[str, Any] = {"lr": tune.loguniform(t.lr_min, t.lr_max)}
+        if isinstance(job.module, LoraModule):
+            space["r"] = tune.choice(list(t.ranks))
+        else:
+            log.warning("tune: %s trains a %s module: sweeping lr only (tune.ranks are LoRA ranks)", job.task,
+                        job.method)
         log.info("tune: %s: %d trials (<= %d at once), ASHA over %d epochs (grace %d), lr in [%g, %g], r in %s",
-                 job["task"], t.num_samples, t.max_concurrent_trials, t.epochs, t.grace_period, t.lr_min, t.lr_max,
-                 t.ranks)
+                 job.task, t.num_samples, t.max_concurrent_trials, t.epochs, t.grace_period, t.lr_min, t.lr_max,
+                 t.ranks if "r" in space else "-")
         tuner = tune.Tuner(
             trainable,
-            param_space={"lr": tune.loguniform(t.lr_min, t.lr_max), "r": tune.choice(list(t.ranks))},
+            param_space=space,
             tune_config=tune.TuneConfig(
                 metric=t.metric, mode="max", num_samples=t.num_samples,
                 # max_t one past the last epoch: a trial that trains to the end returns from fit() by itself
@@ -260,23 +326,22 @@ def _remove_leftover_placement_groups(before: set[str]) -> None:
 
 
 def _summarise(grid, metric: str) -> list[dict[str, Any]]:
-    """Per trial: config, status, epochs run, best metric and its epoch (from every reported result)."""
+    """Per trial: config, status, epochs run, best metric and its epoch (ties: the later epoch, as the module's
+    epoch is picked), from every reported result."""
     trials = []
     for i, result in enumerate(grid):
         df = result.metrics_dataframe
         best_metric = best_epoch = None
         epochs_run = 0
         if df is not None and metric in df.columns and len(df):
-            scores = df[metric].astype(float)
-            ok = scores[scores.apply(math.isfinite)]
-            if len(ok):
-                row = df.loc[ok.idxmax()]
-                best_metric, best_epoch = float(row[metric]), int(row["epoch"])
+            scored = [(float(s), int(e)) for s, e in zip(df[metric], df["epoch"]) if math.isfinite(float(s))]
+            if scored:
+                best_metric, best_epoch = max(scored)
             epochs_run = int(df["epoch"].max())
         trials.append({
             "trial_index": i, "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name,
-            "lr": float(result.config["lr"]), "r": int(result.config["r"]), "epochs_run": epochs_run,
-            "best_metric": best_metric, "best_epoch": best_epoch,
+            "lr": float(result.config["lr"]), "r": int(result.config["r"]) if "r" in result.config else None,
+            "epochs_run": epochs_run, "best_metric": best_metric, "best_epoch": best_epoch,
             "error": f"{type(result.error).__name__}: {result.error}" if result.error else None,
         })
     return trials

@@ -125,6 +125,33 @@ def weight_digests(backbone: Path) -> dict[str, str]:
     return {p.name: _sha(p) for p in sorted(backbone.glob("*.safetensors"))}
 
 
+def step_ctx(root: Path, step: str, backbone: Path, tasks_dir: Path, contracts: str | None = "succeeded"):
+    """A ``StepContext`` as the executor builds it, by hand: curate and pretrain results pointing at ``tasks_dir``
+    and ``backbone``, and a contracts record on disk (``status.json`` in the executor's format) in state
+    ``contracts`` (None: no contracts input at all). The caller's StepResult always claims success: the gate
+    must believe the record on disk."""
+    from modpipe.executor import SUCCEEDED, StepContext, StepResult
+
+    curate_dir = root / "curate" / "curate-c0ffee"
+    inputs = {"curate": StepResult("curate", "c0ffee", curate_dir, SUCCEEDED, {}, {"tasks_dir": str(tasks_dir)}),
+              "pretrain": StepResult("pretrain", "b4ckb0", root / "pretrain" / "pretrain-b4ckb0", SUCCEEDED, {},
+                                     {"backbone": str(backbone)})}
+    if contracts is not None:
+        cdir = root / "contracts" / f"contracts-{contracts}"
+        cdir.mkdir(parents=True, exist_ok=True)
+        record = {"step": "contracts", "version": "5ca1ab", "state": contracts, "run_id": "test",
+                  "upstream": {"curate": {"version": "c0ffee", "dir": str(curate_dir)}},
+                  "outputs": {"datasets": 3}}
+        if contracts != SUCCEEDED:
+            record["error"] = "ExpectationFailed: man_section: 2 of 40 expectations failed"
+        (cdir / "status.json").write_text(json.dumps(record))
+        inputs["contracts"] = StepResult("contracts", "5ca1ab", cdir, SUCCEEDED, record, record["outputs"])
+    out, work = root / f".tmp-{step}", root / f".work-{step}"
+    out.mkdir(parents=True)
+    work.mkdir(parents=True)
+    return StepContext(step, "v1", "test-run", out, work, root / step / f"{step}-v1", inputs)
+
+
 # ---------------------------------------------------------------- fixtures
 
 
@@ -154,7 +181,7 @@ def adapted(world, ray_local):
         "methods": json.dumps({"doc_kind": "bottleneck", "doc_ia3": "ia3"}), "ia3.target_modules": "[no_such_proj]",
         "ia3.feedforward_modules": "[]"})
     before = weight_digests(world["backbone"])
-    out = adapt.run(cfg, str(world["backbone"]), str(world["tasks_dir"]))
+    out = adapt.train_tasks(cfg, str(world["backbone"]), str(world["tasks_dir"]))
     # the trained tasks again, without the failing one: a task's module dir depends on its own method only
     rerun = adapt_cfg(world["root"] / "run", world["tasks"], methods=json.dumps({"doc_kind": "bottleneck"}))
     return {"cfg": cfg, "rerun_cfg": rerun, "out": out, "weights_before": before}
@@ -212,7 +239,51 @@ def test_every_task_failing_raises(tmp_path, world):
     bad.mkdir(parents=True)
     (bad / "labels.json").write_text("not json")
     with pytest.raises(adapt.AdaptError, match="only_bad: bad task data: .*labels.json: not JSON"):
-        adapt.run(adapt_cfg(tmp_path / "run", ["only_bad"]), str(world["backbone"]), str(tmp_path / "tasks"))
+        adapt.train_tasks(adapt_cfg(tmp_path / "run", ["only_bad"]), str(world["backbone"]), str(tmp_path / "tasks"))
+
+
+@pytest.mark.parametrize("contracts", [None, "failed"])
+def test_step_refuses_data_without_passing_contracts(tmp_path, world, contracts):
+    """No contracts record, or one that says failed (whatever the caller claims): GateError, nothing written."""
+    from modpipe import adapt
+    from modpipe.gates import GateError
+
+    ctx = step_ctx(tmp_path, "adapt", world["backbone"], world["tasks_dir"], contracts)
+    cfg = adapt_cfg(tmp_path / "run", world["tasks"])
+    with pytest.raises(GateError, match="no data-contract record" if contracts is None else "contracts failed"):
+        adapt.run(cfg, ctx)
+    assert not list(ctx.out.iterdir()) and not list(ctx.work.iterdir()) and not cfg.run_path.exists()
+
+
+def test_task_fingerprint_follows_the_versioned_fields(tmp_path):
+    """A task's module dir is keyed by what its job trains with: each versioned field that reaches the task's job
+    changes it, unversioned fields, another task's override and unused method sections do not; the step version
+    (``versioned_fields``) leaves out exactly the unversioned ones."""
+    from modpipe.adapt.data import Task
+    from modpipe.adapt.job import Scaling, make_job, task_fingerprint
+    from modpipe.config_base import versioned_fields
+
+    task = Task("t", tmp_path / "t", ["a", "b"], {}, {"train": "1", "val": "2", "test": "3", "labels": "4"})
+
+    def fp(*sets: str) -> str:
+        cfg = load_config(overrides=list(sets))
+        return task_fingerprint(make_job(cfg, task, tmp_path), Scaling.of(cfg.adapt), "bfp", task.digests)
+
+    base = fp()
+    same = ["adapt.tasks=[x]", "adapt.cpus_per_worker=2", "adapt.gpus_per_worker=0.5", "adapt.max_failures=3",
+            "adapt.task_retries=0", 'adapt.methods={"other": "full"}', "adapt.ia3.target_modules=[q_proj]",
+            "adapt.bottleneck.reduction_factor=4", 'adapt.method_lr={"full": 0.1}']
+    changed = ["adapt.method=ia3", 'adapt.methods={"t": "bottleneck"}', "adapt.head=mlp", "adapt.lora.r=4",
+               "adapt.freeze.policy=top_k", "adapt.train_fraction=0.5", "adapt.lr=0.01",
+               'adapt.method_lr={"lora": 0.1}',
+               "adapt.weight_decay=0.1", "adapt.epochs=2", "adapt.batch_size=8", "adapt.max_length=64",
+               "adapt.select_metric=val_accuracy", "adapt.num_workers_per_task=2", "adapt.use_gpu=true", "seed=1"]
+    assert [s for s in same if fp(s) != base] == []
+    assert [s for s in changed if fp(s) == base] == []
+    cfg = load_config(overrides=[])
+    assert set(type(cfg.adapt).model_fields) - set(versioned_fields(cfg.adapt)) == {
+        "cpus_per_worker", "gpus_per_worker", "max_failures", "task_retries"}
+    assert set(type(cfg.tune).model_fields) - set(versioned_fields(cfg.tune)) == {"max_concurrent_trials"}
 
 
 # ---------------------------------------------------------------- the real run
@@ -325,14 +396,19 @@ def test_module_reloads_and_reproduces_test_predictions(adapted, world):
 
 
 @pytest.mark.slow
-def test_rerun_reuses_step_dirs(adapted, world):
+def test_step_entry_reuses_module_dirs_and_writes_modules_json(adapted, world, tmp_path):
+    """``adapt.run`` (the executor's entry) behind a passing gate: the modules the library call trained are reused
+    as they are (a task's dir depends on its own job only), listed in the step dir's modules.json."""
     from modpipe import adapt
 
     first = adapted["out"]
     provenance = {t: (Path(d) / "provenance.json").read_text() for t, d in first["modules"].items()}
-    again = adapt.run(adapted["rerun_cfg"], str(world["backbone"]), str(world["tasks_dir"]))
-    assert again["modules"] == first["modules"] and again["metrics"] == first["metrics"]
+    ctx = step_ctx(tmp_path, "adapt", world["backbone"], world["tasks_dir"])
+    again = adapt.run(adapted["rerun_cfg"], ctx)
+    assert again["modules"] == first["modules"] and again["metrics"] == first["metrics"] and not again["failed"]
     assert {t: (Path(d) / "provenance.json").read_text() for t, d in again["modules"].items()} == provenance
+    assert json.loads((ctx.out / "modules.json").read_text())["modules"] == first["modules"]
+    assert again["modules_json"] == str(ctx.out / "modules.json")
 
 
 @pytest.mark.slow
@@ -341,7 +417,7 @@ def test_one_task_on_two_ddp_workers(world, ray_local):
     from modpipe import adapt
 
     cfg = adapt_cfg(world["root"] / "run-ddp", ["doc_kind"], num_workers_per_task=2, epochs=1)
-    out = adapt.run(cfg, str(world["backbone"]), str(world["tasks_dir"]))
+    out = adapt.train_tasks(cfg, str(world["backbone"]), str(world["tasks_dir"]))
     m = json.loads(Path(out["metrics"]["doc_kind"]).read_text())
     assert m["world_size"] == 2 and m["n_val"] == 15 and m["n_test"] == 24
     assert 0.0 <= m["val_accuracy"] <= 1.0
@@ -349,11 +425,13 @@ def test_one_task_on_two_ddp_workers(world, ray_local):
     assert round(m["val_accuracy"] * 15, 6) == int(round(m["val_accuracy"] * 15))
     # the world size changes the global batch, so it is part of the module's fingerprint
     from modpipe.adapt.data import load_task
+    from modpipe.adapt.job import Scaling, make_job, task_fingerprint
     from modpipe.models.fingerprint import read_backbone_fingerprint
 
     task, bfp = load_task(world["tasks_dir"], "doc_kind"), read_backbone_fingerprint(world["backbone"])
     one = adapt_cfg(world["root"] / "run-ddp", ["doc_kind"], num_workers_per_task=1, epochs=1)
-    fp_two, fp_one = (adapt.task_fingerprint(adapt.hparams(c), 0, bfp, task) for c in (cfg, one))
+    fp_two, fp_one = (task_fingerprint(make_job(c, task, world["backbone"]), Scaling.of(c.adapt), bfp, task.digests)
+                      for c in (cfg, one))
     assert Path(out["modules"]["doc_kind"]).name == f"doc_kind-{fp_two}" and fp_one != fp_two
 
 
@@ -361,18 +439,18 @@ def test_one_task_on_two_ddp_workers(world, ray_local):
 def test_rerun_of_a_ray_run_resumes_from_its_latest_epoch(world, ray_local):
     """Same Ray run name again: Train V2 hands the worker its latest checkpoint (adapter + optimizer + state)
     and only the remaining epochs train."""
-    from modpipe import adapt
     from modpipe.adapt.data import load_task
+    from modpipe.adapt.job import Scaling, make_job
     from modpipe.adapt.loop import STATE_FILE
     from modpipe.adapt.trainer import make_trainer
 
     cfg = adapt_cfg(world["root"] / "run-resume", ["doc_module"])
     task = load_task(world["tasks_dir"], "doc_module")
     storage = str(cfg.run_path / "adapt" / "ray")
-    job = adapt.make_job(cfg, task, str(world["backbone"]), adapt.hparams(cfg))
-    first = make_trainer({**job, "epochs": 1}, adapt.scaling(cfg), "resume-me", storage, 0).fit()
+    job, scaling = make_job(cfg, task, world["backbone"]), Scaling.of(cfg.adapt)
+    first = make_trainer(job.model_copy(update={"epochs": 1}), scaling, "resume-me", storage, 0).fit()
     assert [m["epoch"] for _, m in first.best_checkpoints] == [1]
-    second = make_trainer({**job, "epochs": 2}, adapt.scaling(cfg), "resume-me", storage, 0).fit()
+    second = make_trainer(job.model_copy(update={"epochs": 2}), scaling, "resume-me", storage, 0).fit()
     assert [m["epoch"] for _, m in second.best_checkpoints] == [1, 2]
     with second.checkpoint.as_directory() as d:
         state = json.loads(Path(d, STATE_FILE).read_text())

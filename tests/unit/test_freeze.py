@@ -19,7 +19,7 @@ def by_block(names: set[str]) -> set:
 @pytest.mark.parametrize("method", ["lora", "bottleneck", "linear_probe"])
 def test_top_k_changes_only_the_top_blocks_and_the_module_carries_them(world, tmp_path, method):
     before = backbone_state(world["backbone"])
-    t = build_trainable(str(world["backbone"]), 3, job(method, policy="top_k", top_k=1))
+    t = build_trainable(str(world["backbone"]), 3, **job(method, policy="top_k", top_k=1))
     assert by_block(set(t.opened)) == {1}  # 2 blocks: the top one opens
     train(world, t)
     moved = changed(before, t)
@@ -38,7 +38,7 @@ def test_top_k_changes_only_the_top_blocks_and_the_module_carries_them(world, tm
 
 def test_progressive_unfreezes_one_more_block_every_n_steps(world):
     before = backbone_state(world["backbone"])
-    t = build_trainable(str(world["backbone"]), 3, job("lora", policy="progressive", unfreeze_every=2))
+    t = build_trainable(str(world["backbone"]), 3, **job("lora", policy="progressive", unfreeze_every=2))
     assert by_block(set(t.opened)) == {0, 1}  # may train over time...
     train(world, t, steps=2)
     assert changed(before, t) == set()  # ...but steps 0-1 train none
@@ -50,7 +50,7 @@ def test_progressive_unfreezes_one_more_block_every_n_steps(world):
 
 
 def test_layer_wise_lr_decay_groups(world):
-    t = build_trainable(str(world["backbone"]), 3, job("full"))
+    t = build_trainable(str(world["backbone"]), 3, **job("full"))
     groups = param_groups(t.model, 1.0, 0.1, 0.5, t.num_layers)
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     named = dict(t.model.named_parameters())
@@ -65,12 +65,12 @@ def test_layer_wise_lr_decay_groups(world):
 def test_gradient_checkpointing_gives_the_same_update(world):
     outs = []
     for ckpt in (False, True):
-        t = build_trainable(str(world["backbone"]), 3, job("lora", policy="top_k", gradient_checkpointing=ckpt))
+        t = build_trainable(str(world["backbone"]), 3, **job("lora", policy="top_k", gradient_checkpointing=ckpt))
         assert t.model.get_base_model().is_activation_checkpointing is ckpt
         train(world, t, steps=2)
         outs.append({n: p.detach().clone() for n, p in t.model.named_parameters() if p.requires_grad})
     assert outs[0].keys() == outs[1].keys()
     with pytest.raises(ValueError, match="prefix .*gradient_checkpointing"):
-        build_trainable(str(world["backbone"]), 3, job("prefix", gradient_checkpointing=True))
+        build_trainable(str(world["backbone"]), 3, **job("prefix", gradient_checkpointing=True))
     for n in outs[0]:
         torch.testing.assert_close(outs[0][n], outs[1][n], rtol=1e-4, atol=1e-5)

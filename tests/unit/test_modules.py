@@ -38,7 +38,13 @@ def world(tmp_path_factory):
 
 
 def job(method: str, head: str = "linear", **freeze) -> dict:
-    return {"method": method, "head": head, "seed": 0, "freeze": {**FROZEN, **freeze}, **SECTIONS}
+    """``build_trainable``'s keyword arguments: the typed module (its section above), head, freeze policy, seed."""
+    from modpipe.adapt.job import KINDS
+    from modpipe.config_adapt import FreezeConfig
+
+    cls = KINDS[method]
+    module = cls(kind=method, **(SECTIONS[cls.section] if cls.section else {}))
+    return {"module": module, "head": head, "freeze": FreezeConfig(**{**FROZEN, **freeze}), "seed": 0}
 
 
 def backbone_state(backbone: Path) -> dict[str, torch.Tensor]:
@@ -86,7 +92,7 @@ def changed(before: dict[str, torch.Tensor], t) -> set[str]:
 @pytest.mark.parametrize("method,head", [(m, "linear") for m in METHODS] + [("bottleneck", "mlp"), ("lora", "mlp")])
 def test_every_kind_trains_saves_and_reloads_to_identical_predictions(world, tmp_path, method, head):
     before = backbone_state(world["backbone"])
-    t = build_trainable(str(world["backbone"]), 3, job(method, head))
+    t = build_trainable(str(world["backbone"]), 3, **job(method, head))
     test_texts = world["task"].splits["test"].texts
     untrained = predict_proba(t.model, world["tokenizer"], test_texts, MAX_LEN, BATCH,
                               padding_side=get_method(method).padding_side)
@@ -138,7 +144,7 @@ def test_bottleneck_placements_and_identity_init(world):
 
 @pytest.fixture(scope="module")
 def module_dir(world, tmp_path_factory):
-    t = build_trainable(str(world["backbone"]), 3, job("lora"))
+    t = build_trainable(str(world["backbone"]), 3, **job("lora"))
     train(world, t, steps=1)
     return save(world, t, tmp_path_factory.mktemp("contract") / "lora")
 
