@@ -3,11 +3,11 @@
     python benchmarks/adapt_parallel.py --backbone DIR --tasks-dir DIR [--k 2] [--epochs 1] [--task man_section]
         [--real man_section man_language] [--set adapt.max_length=128 ...]
 
-Same work both ways, through ``modpipe.adapt.run`` (one Ray Train ``TorchTrainer`` per task, each ``fit()`` in a
+Same work both ways, through ``modpipe.adapt.train_tasks`` (one Ray Train ``TorchTrainer`` per task, each ``fit()`` in a
 zero-CPU Ray task, every worker holding ``adapt.cpus_per_worker`` CPUs):
 
 - balanced: K task folders with the same rows (copies of ``--task``, so every trainer does identical work) trained
-  concurrently in one ``adapt.run``, then one by one (K ``adapt.run`` calls); speedup = sequential / concurrent,
+  concurrently in one ``adapt.train_tasks``, then one by one (K calls); speedup = sequential / concurrent,
   the goal is >= 0.85 K on K free cores;
 - real (``--real``): the given tasks as they are (their sizes differ, so the ideal speedup is sum / max of their
   sequential times, not K): speedup and parallel efficiency = speedup / ideal.
@@ -50,7 +50,7 @@ def _timed_run(cfg, backbone: str, tasks_dir: str) -> tuple[float, dict]:
     from modpipe import adapt
 
     t0 = time.perf_counter()
-    out = adapt.run(cfg, backbone, tasks_dir)
+    out = adapt.train_tasks(cfg, backbone, tasks_dir)
     seconds = time.perf_counter() - t0
     if out["failed"]:
         raise RuntimeError(f"tasks failed: {out['failed']}")
@@ -59,7 +59,7 @@ def _timed_run(cfg, backbone: str, tasks_dir: str) -> tuple[float, dict]:
 
 def measure(tasks: list[str], backbone: str, tasks_dir: str, epochs: int, sets: list[str], work: Path,
             repeat: int = 1) -> dict:
-    """Concurrent (one adapt.run of all tasks) and sequential (one adapt.run per task), fresh run dirs each time;
+    """Concurrent (one train_tasks of all tasks) and sequential (one call per task), fresh run dirs each time;
     ``repeat`` rounds alternating which goes first (a shared machine's load drifts), medians reported."""
     import statistics
 

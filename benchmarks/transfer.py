@@ -4,7 +4,7 @@
         [--methods lora ia3 prefix bottleneck linear_probe full] [--fractions 1.0] [--curve-methods ...]
         [--set adapt.epochs=3 ...]
 
-Everything trains through ``modpipe.evaluate.transfer.run`` (the adapt stage: one Ray Train trainer per task,
+Everything trains through ``modpipe.evaluate.transfer.evaluate`` (the adapt stage: one Ray Train trainer per task,
 all tasks of a method at once), so every method gets the same data, epochs, learning rate, seed and selection
 rule (best validation epoch).  The literature's bar (Houlsby et al. 2019: adapters within 0.4 points of full
 fine-tuning with 3.6% of the parameters) is checked as "within 1 point with <= 1% of the backbone's parameters".
@@ -54,7 +54,8 @@ def main() -> None:
                              f"transfer.curve_methods={json.dumps(args.curve_methods)}",
                              f"transfer.router={str(not args.no_router).lower()}", *args.sets])
     t0 = time.perf_counter()
-    out = transfer.run(cfg, args.backbone, args.tasks_dir)
+    out = transfer.evaluate(cfg, args.backbone, args.tasks_dir,
+                            Path(args.run_dir) / "transfer" / f"bench-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
     seconds = time.perf_counter() - t0
     metric = cfg.transfer.metric
     rows = [r for r in out["rows"] if r.get("train_fraction") in (1.0, None)]

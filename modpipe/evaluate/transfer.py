@@ -1,9 +1,11 @@
 """Transfer evaluation: what each module method buys and costs, per task, through the adapt stage itself.
 
-``run(cfg, backbone, tasks_dir) -> {"dir", "results", "report", "curve", "rows"}`` (paths + rows):
+Step entry ``run(cfg, ctx)``: the contracts gate, then ``evaluate`` on the backbone of ``ctx.inputs["pretrain"]``
+and the tasks of ``ctx.inputs["curate"]``, writing into the step dir. Library function
+``evaluate(cfg, backbone, tasks_dir, out) -> {"dir", "results", "report", "curve", "rows"}`` (paths + rows):
 
 1. every ``transfer.methods`` on the whole train split, then every ``transfer.curve_methods`` at each
-   ``transfer.fractions`` below 1: one ``modpipe.adapt.run`` per (method, fraction) with ``adapt.method`` and
+   ``transfer.fractions`` below 1: one ``modpipe.adapt.train_tasks`` per (method, fraction) with ``adapt.method`` and
    ``adapt.train_fraction`` set, all tasks of a run training concurrently.  Module dirs are the adapt stage's own
    (fingerprinted by method, head, freeze policy and fraction), so a rerun, or a DAG run with the same adapt config,
    reuses them;
@@ -13,8 +15,8 @@
 4. rows (task x method x fraction: metrics, gap to full fine-tuning in points, trainable %, cost) ->
    ``results.json``; ``modpipe.report.transfer`` draws ``curve.png`` and writes ``report.html``.
 
-Output: ``<run_dir>/transfer/transfer-<fp>`` (fp: the transfer and adapt config, backbone fingerprint, task data).
-A failed (method, task) is a row with its error; the others go on.
+Output: ``out`` (the step dir, versioned by the executor on the transfer and adapt config and the upstream
+steps). A failed (method, task) is a row with its error; the others go on.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modpipe.config import PipelineConfig
+
+if TYPE_CHECKING:
+    from modpipe.executor import StepContext
 
 log = logging.getLogger("modpipe.transfer")
 
@@ -73,36 +78,48 @@ def add_gaps(rows: list[dict[str, Any]], metric: str) -> None:
                             if full is not None and r.get(metric) is not None else None)
 
 
-def fingerprint(cfg: PipelineConfig, backbone: str, tasks_dir: str, tasks: list[str]) -> str:
-    from modpipe.adapt.data import load_task
-    from modpipe.lineage import fingerprint as fp
-    from modpipe.models.fingerprint import read_backbone_fingerprint
+def run(cfg: PipelineConfig, ctx: StepContext) -> dict[str, Any]:
+    """Step entry: the contracts gate, then the transfer report of the pretrained backbone into the step dir."""
+    from modpipe.gates import require_contracts
 
-    digests = {}
-    for t in tasks:
-        try:
-            digests[t] = load_task(tasks_dir, t).digests
-        except Exception as err:  # noqa: BLE001 - a bad task is reported by adapt; it still keys the run
-            digests[t] = f"unreadable: {err}"
-    return fp("transfer", cfg.transfer.model_dump(mode="json"), cfg.adapt.model_dump(mode="json"), cfg.seed,
-              read_backbone_fingerprint(backbone), digests)
+    require_contracts(ctx)
+    return evaluate(cfg, ctx.inputs["pretrain"]["backbone"], ctx.inputs["curate"]["tasks_dir"], ctx.out)
 
 
-def run(cfg: PipelineConfig, backbone: str, tasks_dir: str) -> dict[str, Any]:
-    """Evaluate (or reuse) the transfer report of ``backbone`` on the tasks in ``tasks_dir``."""
+def evaluate(cfg: PipelineConfig, backbone: str | Path, tasks_dir: str | Path, out: str | Path) -> dict[str, Any]:
+    """The transfer report of ``backbone`` on the tasks in ``tasks_dir``, written into ``out``."""
     from modpipe import adapt
-    from modpipe.lineage import StepDir
     from modpipe.report.transfer import write_transfer_report
 
     t = cfg.transfer
     # absolute: Ray Train workers run in their own working directories
-    backbone, tasks_dir = str(Path(backbone).resolve()), str(Path(tasks_dir).resolve())
+    backbone, tasks_dir, out = str(Path(backbone).resolve()), str(Path(tasks_dir).resolve()), Path(out)
     tasks = list(t.tasks) or adapt.select_tasks(cfg, tasks_dir)
-    step = StepDir(cfg.run_path / "transfer", "transfer", fingerprint(cfg, backbone, tasks_dir, tasks))
-    if step.done():
-        log.info("transfer: reusing %s", step.path)
-        return _outputs(step.path)
     t0 = time.time()
+    rows, lora_modules = _train_methods(cfg, backbone, tasks_dir, tasks)
+    out.mkdir(parents=True, exist_ok=True)
+    routing = _routing(cfg, backbone, tasks_dir, lora_modules, out / "router") if t.router else {}
+    for task, cmp in routing.items():
+        if "router" in cmp:
+            rows.append({"task": task, "method": "router", "train_fraction": 1.0,
+                         **{k: cmp["router"].get(k) for k in ROW_METRICS}, "sources": cmp["router"]["sources"]})
+    baselines = _baselines(cfg, tasks_dir, tasks, out, rows)
+    add_gaps(rows, t.metric)
+    results = {"metric": t.metric, "tasks": tasks, "methods": list(t.methods), "fractions": list(t.fractions),
+               "curve_methods": list(t.curve_methods), "rows": rows, "routing": routing,
+               "baselines": baselines, "backbone": backbone, "seconds": round(time.time() - t0, 1)}
+    (out / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
+    write_transfer_report(results, out)
+    log.info("transfer: %d rows in %.0f s -> %s", len(rows), time.time() - t0, out)
+    return {"dir": str(out), "results": str(out / RESULTS_FILE), "report": str(out / "report.html"),
+            "curve": str(out / "curve.png") if (out / "curve.png").is_file() else None, "rows": rows}
+
+
+def _train_methods(cfg: PipelineConfig, backbone: str, tasks_dir: str,
+                   tasks: list[str]) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+    """One adapt run per (method, fraction) of the plan: a row per task, and the LoRA modules at 100% by task."""
+    from modpipe import adapt
+
     rows: list[dict[str, Any]] = []
     lora_modules: dict[str, dict[str, str]] = {}  # task -> {"module", "metrics"} of LoRA at 100%
     runs = plan(cfg)
@@ -110,7 +127,7 @@ def run(cfg: PipelineConfig, backbone: str, tasks_dir: str) -> dict[str, Any]:
         log.info("transfer: [%d/%d] %s at %g of the train split on %s", i, len(runs), method, fraction, tasks)
         sub = with_adapt(cfg, tasks=tasks, method=method, methods={}, train_fraction=fraction)
         try:
-            out = adapt.run(sub, backbone, tasks_dir)
+            out = adapt.train_tasks(sub, backbone, tasks_dir)
         except adapt.AdaptError as err:
             rows += [_row(task, method, fraction, None, None, error=str(err)) for task in tasks]
             continue
@@ -120,34 +137,26 @@ def run(cfg: PipelineConfig, backbone: str, tasks_dir: str) -> dict[str, Any]:
                 if method == "lora" and fraction == 1.0:
                     lora_modules[task] = {"module": out["modules"][task], "metrics": out["metrics"][task]}
             else:
-                rows.append(_row(task, method, fraction, None, None,
-                                 error=out["failed"].get(task, "not trained")))
-    with step.building(config={"transfer": t.model_dump(mode="json"), "adapt": cfg.adapt.model_dump(mode="json")},
-                       inputs={"backbone": backbone, "tasks_dir": tasks_dir, "tasks": tasks}) as tmp:
-        routing = _routing(cfg, backbone, tasks_dir, lora_modules, tmp / "router") if t.router else {}
-        for task, cmp in routing.items():
-            if "router" in cmp:
-                rows.append({"task": task, "method": "router", "train_fraction": 1.0,
-                             **{k: cmp["router"].get(k) for k in ROW_METRICS}, "sources": cmp["router"]["sources"]})
-        baselines = {}
-        if t.langid_task in tasks and (Path(tasks_dir) / t.langid_task).is_dir():
-            from modpipe.evaluate import langid_baseline
+                rows.append(_row(task, method, fraction, None, None, error=out["failed"].get(task, "not trained")))
+    return rows, lora_modules
 
-            try:
-                baselines[t.langid_task] = langid_baseline.write(Path(tasks_dir) / t.langid_task, tmp / "langid.json")
-                rows.append({"task": t.langid_task, "method": "py3langid (external)", "train_fraction": None,
-                             **{k: baselines[t.langid_task].get(k) for k in ROW_METRICS}})
-            except Exception as err:  # noqa: BLE001 - a baseline that cannot run is reported, not fatal
-                log.error("transfer: py3langid baseline failed: %s", err)
-                baselines[t.langid_task] = {"error": f"{type(err).__name__}: {err}"}
-        add_gaps(rows, t.metric)
-        results = {"metric": t.metric, "tasks": tasks, "methods": list(t.methods), "fractions": list(t.fractions),
-                   "curve_methods": list(t.curve_methods), "rows": rows, "routing": routing,
-                   "baselines": baselines, "backbone": backbone, "seconds": round(time.time() - t0, 1)}
-        (tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
-        write_transfer_report(results, tmp)
-    log.info("transfer: %d rows in %.0f s -> %s", len(rows), time.time() - t0, step.path)
-    return _outputs(step.path)
+
+def _baselines(cfg: PipelineConfig, tasks_dir: str, tasks: list[str], out: Path,
+               rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """External baselines (py3langid on ``transfer.langid_task``): results by task, a row each."""
+    t = cfg.transfer
+    baselines: dict[str, Any] = {}
+    if t.langid_task in tasks and (Path(tasks_dir) / t.langid_task).is_dir():
+        from modpipe.evaluate import langid_baseline
+
+        try:
+            baselines[t.langid_task] = langid_baseline.write(Path(tasks_dir) / t.langid_task, out / "langid.json")
+            rows.append({"task": t.langid_task, "method": "py3langid (external)", "train_fraction": None,
+                         **{k: baselines[t.langid_task].get(k) for k in ROW_METRICS}})
+        except Exception as err:  # noqa: BLE001 - a baseline that cannot run is reported, not fatal
+            log.error("transfer: py3langid baseline failed: %s", err)
+            baselines[t.langid_task] = {"error": f"{type(err).__name__}: {err}"}
+    return baselines
 
 
 def _routing(cfg: PipelineConfig, backbone: str, tasks_dir: str, lora: dict[str, dict[str, str]],
@@ -168,9 +177,3 @@ def _routing(cfg: PipelineConfig, backbone: str, tasks_dir: str, lora: dict[str,
             log.exception("transfer: router for %s failed", task)
             result[task] = {"error": f"{type(err).__name__}: {err}"}
     return result
-
-
-def _outputs(path: Path) -> dict[str, Any]:
-    results = json.loads((path / RESULTS_FILE).read_text())
-    return {"dir": str(path), "results": str(path / RESULTS_FILE), "report": str(path / "report.html"),
-            "curve": str(path / "curve.png") if (path / "curve.png").is_file() else None, "rows": results["rows"]}

@@ -23,8 +23,8 @@ def make_extra_task(tasks_dir: Path) -> str:
 
 
 def shared_world(tmp_path_factory) -> dict:
-    """Backbone + tasks + LoRA modules of doc_module and doc_kind trained by ``adapt.run`` (1 epoch), built once
-    per test session under the session's base temp dir (test_continual and test_transfer reuse it)."""
+    """Backbone + tasks + LoRA modules of doc_module and doc_kind trained by ``adapt.train_tasks`` (1 epoch), built
+    once per test session under the session's base temp dir (test_continual and test_transfer reuse it)."""
     from modpipe import adapt
 
     root = tmp_path_factory.getbasetemp() / "compose-world"
@@ -34,7 +34,7 @@ def shared_world(tmp_path_factory) -> dict:
         make_extra_task(root / "tasks")
     backbone, tasks_dir = root / "model" / "backbone", root / "tasks"
     cfg = adapt_cfg(root / "run", ["doc_module", "doc_kind"], epochs=1)
-    out = adapt.run(cfg, str(backbone), str(tasks_dir))  # a finished module dir is reused, not retrained
+    out = adapt.train_tasks(cfg, str(backbone), str(tasks_dir))  # a finished module dir is reused, not retrained
     assert set(out["modules"]) == {"doc_module", "doc_kind"}, out["failed"]
     return {"root": root, "backbone": backbone, "tasks_dir": tasks_dir, "cfg": cfg, **out}
 
@@ -115,7 +115,7 @@ def test_swap_in_place_keeps_the_backbone_tensors(world, tmp_path):
 
     # another doc_kind module: another learning rate, so other weights
     cfg = adapt_cfg(tmp_path / "run", ["doc_kind"], epochs=1, lr=0.003)
-    other = adapt.run(cfg, str(world["backbone"]), str(world["tasks_dir"]))["modules"]["doc_kind"]
+    other = adapt.train_tasks(cfg, str(world["backbone"]), str(world["tasks_dir"]))["modules"]["doc_kind"]
     mm = MultiModuleModel.load(world["backbone"], {t: world["modules"][t] for t in ("doc_module", "doc_kind")})
     ids, mask = mm.encode(TEXTS, 64)
     before = {n: (p, p.data_ptr()) for n, p in mm.backbone_tensors().items()}

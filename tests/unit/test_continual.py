@@ -1,5 +1,5 @@
-"""Continual-learning guarantee: training and adding a new task's module (real ``adapt.run``) leaves every existing
-module's files and outputs on a fixed batch bitwise identical, loaded alone or composed on one backbone."""
+"""Continual-learning guarantee: training and adding a new task's module (real ``adapt.train_tasks``) leaves every
+existing module's files and outputs on a fixed batch bitwise identical, loaded alone or composed on one backbone."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_adding_a_task_leaves_existing_modules_bitwise_identical(tmp_path_factor
 
     # the new task trains in the same run dir, through the same stage, with the existing tasks still configured
     cfg = adapt_cfg(world["root"] / "run", ["doc_module", "doc_kind", "doc_source"], epochs=1)
-    out = adapt.run(cfg, str(world["backbone"]), str(world["tasks_dir"]))
+    out = adapt.train_tasks(cfg, str(world["backbone"]), str(world["tasks_dir"]))
     assert set(out["modules"]) == {"doc_module", "doc_kind", "doc_source"} and not out["failed"]
     assert {t: out["modules"][t] for t in existing} == existing  # existing modules were not retrained
     assert json.loads(Path(out["metrics"]["doc_source"]).read_text())["n_train"] == 60

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from test_adapt import adapt_cfg
+from test_adapt import adapt_cfg, step_ctx
 from test_compose import shared_world
 
 MAN = Path("/usr/share/man")
@@ -85,7 +85,8 @@ def test_transfer_runner_report_and_curve(tmp_path_factory, ray_local):
     cfg = base.model_validate({**base.model_dump(mode="json"), "transfer": {
         "methods": ["lora", "full"], "curve_methods": ["lora", "full"], "fractions": [0.5, 1.0],
         "tasks": ["doc_kind"], "router": True, "router_epochs": 5, "langid_task": "man_language"}})
-    out = transfer.run(cfg, str(world["backbone"]), str(world["tasks_dir"]))
+    out = transfer.evaluate(cfg, str(world["backbone"]), str(world["tasks_dir"]), world["root"] / "transfer-out")
+    assert out["dir"] == str(world["root"] / "transfer-out")
     rows = out["rows"]
     trained = {(r["task"], r["method"], r["train_fraction"]): r for r in rows if r["method"] != "router"}
     assert set(trained) == {("doc_kind", m, f) for m in ("lora", "full") for f in (0.5, 1.0)}
@@ -106,5 +107,14 @@ def test_transfer_runner_report_and_curve(tmp_path_factory, ray_local):
     assert "Task x method" in page and "curve.png" in page and "doc_kind" in page
     png = Path(out["curve"]).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    # a second run is the same step dir, reused
-    assert transfer.run(cfg, str(world["backbone"]), str(world["tasks_dir"]))["dir"] == out["dir"]
+
+
+def test_step_refuses_data_whose_contracts_failed(tmp_path):
+    from modpipe.evaluate import transfer
+    from modpipe.gates import GateError
+
+    ctx = step_ctx(tmp_path, "transfer", tmp_path / "backbone", tmp_path / "tasks", "failed")
+    cfg = adapt_cfg(tmp_path / "run", ["t"])
+    with pytest.raises(GateError, match="contracts failed"):
+        transfer.run(cfg, ctx)
+    assert not list(ctx.out.iterdir()) and not cfg.run_path.exists()
