@@ -65,13 +65,18 @@ def test_modpipe_run_whole_dag_and_tune_feeds_publish(smoke_built, ray_local, tm
     assert all(c["from"] == "adapt" for t, c in publish["candidates"].items() if t != task)
     registered = {r["task"]: r for r in publish["registered"]}
     assert task in registered
+    from urllib.parse import unquote, urlparse
+
     from modpipe.lineage import sha256_file
+
     manifest = json.loads((Path(tune_module) / "module.json").read_text())
-    assert registered[task]["module_digest"] and Path(registered[task]["source"]).is_dir()
-    assert sha256_file(Path(registered[task]["source"]) / "module.json") == sha256_file(Path(tune_module) /
-                                                                                       "module.json")
+    source = Path(unquote(urlparse(registered[task]["source"]).path))
+    assert source.is_dir() and sha256_file(source / "module.json") == sha256_file(Path(tune_module) / "module.json")
     best = json.loads(Path(summary["tune"]["best_config"]).read_text())
     assert manifest["lr"] == pytest.approx(best["lr"])
+
+    listing = modpipe("registry", "list", "--config", SMOKE, "--set", f"run_dir={run_dir}")
+    assert listing.returncode == 0 and all(r["name"] in listing.stdout for r in publish["registered"])
 
     # the same command again: every step reused, nothing rebuilt
     r = modpipe("run", "--engine", "local", "--config", SMOKE, *sets, env=ray_env(ray_local))
@@ -154,13 +159,13 @@ def test_kill_during_pretrain_then_rerun_is_bitwise_equal(smoke_built, ray_local
     cmd = [sys.executable, "-m", "modpipe", "pretrain", "--config", SMOKE, "--set", f"run_dir={run_dir}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT,
                             env=ray_env(ray_local), start_new_session=True)
-    try:  # the marker: Ray Train's first checkpoint of this build (written at pretrain.checkpoint_every)
+    try:  # the marker: Ray Train has registered this build's first checkpoint (at pretrain.checkpoint_every)
         deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None:
-            if list(run_dir.glob("pretrain/.work-pretrain-*/ray/backbone/checkpoint_*/hf")):
+            if list(run_dir.glob("pretrain/.work-pretrain-*/ray/backbone/checkpoint_manager_snapshot.json")):
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
