@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo smoke test test-fast deploy bench-install bench clean
+.PHONY: install browser demo smoke test test-fast deploy bench-install bench clean
 
 # torch==2.13.0 (CPU) is pinned: pip takes the local CPU wheel; a looser spec would download a CUDA build.
 $(STAMP): pyproject.toml constraints.txt
@@ -22,7 +22,15 @@ demo: install  ## the whole DAG as a Prefect flow on the embedded default (man p
 smoke: install  ## the same DAG on a tiny slice
 	$(BIN)/modpipe run --config recipes/smoke.yaml
 
-test: install  ## unit + integration + e2e tests (real Ray, DeepSpeed, Prefect server, GX, MLflow)
+# The run report's browser test renders it in headless Chromium: Debian's packages, installed when absent
+# (apt-get as root, as CI runs; through sudo otherwise).
+browser:  ## chromium + chromedriver for tests/unit/test_report.py
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-liberation; }
+
+test: install browser  ## unit + integration + e2e tests (real Ray, DeepSpeed, Prefect server, GX, MLflow, Chromium)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install

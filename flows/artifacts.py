@@ -117,16 +117,21 @@ def publish_failure(cfg: PipelineConfig, step: str, err: BaseException) -> None:
 
 
 def run_summary(cfg: PipelineConfig) -> None:
-    """The run's outcome and steps as a markdown artifact (the content, not a link)."""
+    """The run's headline numbers as a markdown artifact (the content, not a link) and table artifacts of the
+    curation funnel and the module table: the same numbers as the run report (``modpipe.report.facts``)."""
+    from modpipe.report.facts import collect
+    from modpipe.report.text import funnel_rows, markdown, module_rows
+
     summary = _read(str(cfg.run_path / "run_summary.json"))
     if not summary:
         return
-    lines = [f"# modpipe run {summary['run_id']}: {summary['outcome']}", ""]
-    if summary.get("error"):
-        lines += ["```", summary["error"][:2000], "```", ""]
-    lines += ["| step | state | reused | seconds |", "|---|---|---|---:|"]
-    lines += [f"| {n} | {s['state']} | {'yes' if s['skipped'] else 'no'} | {s['seconds']} |"
-              for n, s in summary["steps"].items()]
-    for r in (summary.get("publish") or {}).get("registered", []):
-        lines.append(f"\nregistered {r['name']} v{r['version']} ({r.get('alias')})")
-    create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(cfg, "run-summary"))
+    facts = collect(summary, cfg.run_path)
+    create_markdown_artifact(markdown=markdown(facts, str(cfg.run_path / "report.html")),
+                             key=artifact_key(cfg, "run-summary"),
+                             description=f"modpipe run {summary['run_id']}: {summary['outcome']}")
+    if facts["funnel"]:
+        create_table_artifact(table=funnel_rows(facts), key=artifact_key(cfg, "curation-funnel"),
+                              description="curation funnel: docs in/out per step, largest removal reasons")
+    if facts["modules"]:
+        create_table_artifact(table=module_rows(facts), key=artifact_key(cfg, "modules"),
+                              description="modules per task (test split), as published")

@@ -119,22 +119,55 @@ def run(
 
 
 def _print_run_table(result: dict) -> None:
-    t = Table(title=f"modpipe run {result.get('run_id')}: {result.get('outcome')}")
-    for col in ("step", "state", "seconds"):
-        t.add_column(col, justify="right" if col == "seconds" else "left")
-    for name, s in (result.get("steps") or {}).items():
-        t.add_row(name, "reused" if s.get("skipped") else str(s.get("state")), f"{s.get('seconds') or 0:.1f}")
-    console.print(t)
+    """The last screen of ``modpipe run``: outcome, the headline numbers, what was promoted and what not, where
+    the report is (the same numbers as the report's headline: ``modpipe.report.facts``)."""
+    from pathlib import Path
+
+    from modpipe.report import run_dir_of
+    from modpipe.report.facts import collect
+
+    report = result.get("report")
+    try:
+        facts = collect(result, run_dir_of(report)) if report else None
+    except Exception as err:  # noqa: BLE001 - the run is done; a summary that cannot be read must not fail it
+        console.print(f"[yellow]run summary not readable: {type(err).__name__}: {err}[/yellow]")
+        facts = None
+    ok = result.get("outcome") == "succeeded"
+    states = ""
+    if facts:
+        counts = {s: sum(r["state"] == s for r in facts["timeline"]) for s in ("ran", "reused", "failed", "not run")}
+        states = " (" + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ")"
+    console.print(f"\n[bold {'green' if ok else 'red'}]modpipe run {result.get('run_id')}: {result.get('outcome')}[/] "
+                  f"in {result.get('seconds', 0):.1f} s{states}", highlight=False)
+    if not ok and result.get("error"):
+        lines = str(result["error"]).splitlines()
+        console.print(f"[red]failed at {result.get('failed_step')}:[/red] " + "\n  ".join(lines[:8]), highlight=False)
+    if facts:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column()
+        for label, value in facts["metrics"]:
+            grid.add_row(label, value)
+        console.print(grid)
     pub = result.get("publish") or {}
+    cands = pub.get("candidates") or {}
     for r in pub.get("registered", []):
-        console.print(f"registered {r.get('name')} v{r.get('version')}")
+        metric = ", ".join(f"{k} {v:.3f}" for k, v in (r.get("metric") or {}).items())
+        console.print(f"[green]promoted[/green] {r.get('name')} v{r.get('version')}"
+                      + (f" -> {r['alias']}" if r.get("alias") else "")
+                      + f" ({', '.join(x for x in ((cands.get(r['task']) or {}).get('from'), metric) if x)})",
+                      highlight=False)
     for r in pub.get("rejected", []):
-        console.print(f"not published: {r.get('task')}: {r.get('reason')}")
+        console.print(f"[yellow]not published[/yellow] {r.get('task')}: {r.get('reason')}", highlight=False)
+    if ok and not pub:
+        console.print("promoted: nothing (publish did not run)")
     dd = (result.get("contracts") or {}).get("data_docs")
     if dd:
-        console.print(f"Data Docs: {dd}")
-    console.print(f"summary: {result.get('summary')}")
-    console.print(f"report: {result.get('report')}")
+        console.print(f"Data Docs: {dd}", highlight=False)
+    if report:
+        latest = run_dir_of(report) / "report.html"
+        console.print(f"[bold]report:[/bold] {latest if latest.is_file() else report}"
+                      + (f"  (also runs/{Path(report).name})" if latest.is_file() else ""), highlight=False)
 
 
 def _step_command(name: str, help_text: str) -> None:

@@ -208,7 +208,7 @@ def check(cfg: PipelineConfig, curate_out: dict[str, Any], out: Path, *, failed_
     datasets = _load_datasets(paths, cfg.contracts.max_rows, cfg.seed)
     from modpipe.contracts.gx import GXRunner
 
-    runner = GXRunner(out)
+    runner = GXRunner(out, run_id=run_id)
     summaries = []
     for i, ds in enumerate(datasets, 1):
         log.info("contracts: [%d/%d] %s (%s)", i, len(datasets), ds.name, ds.suite)

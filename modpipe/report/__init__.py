@@ -1,4 +1,5 @@
-"""The run report: one self-contained HTML page from a run summary (paths in, path out)."""
+"""Reports: the run report (``write_run_report``: ``facts`` -> ``figures`` + ``page``) and the table helpers the
+transfer report (``transfer.py``) shares."""
 
 from __future__ import annotations
 
@@ -49,44 +50,19 @@ def stats_rows(stats: Any) -> list[dict[str, Any]]:
     return []
 
 
+def run_dir_of(report_path: str | Path) -> Path:
+    """The run dir of a report written as ``<run_dir>/runs/<run_id>.html`` (or ``<run_dir>/report.html``)."""
+    parent = Path(report_path).resolve().parent
+    return parent.parent if parent.name == "runs" else parent
+
+
 def write_run_report(summary: dict[str, Any], out_path: str | Path) -> str:
-    """Render timings, curation counts, contract results, pretraining and module metrics, registry outcome."""
-    curate = summary.get("curate") or {}
-    outcome = summary.get("outcome", "?")
-    head = (f"<p><b>{html.escape(str(outcome))}</b> &middot; run {html.escape(str(summary.get('run_id')))}"
-            f" &middot; {summary.get('seconds', '?')} s</p>")
-    if summary.get("error"):
-        head += f"<pre>{html.escape(str(summary['error']))}</pre>"
-    steps = [{"step": k, "state": v.get("state"), "skipped (already built)": v.get("skipped"),
-              "seconds": v.get("seconds"), "version": v.get("version")}
-             for k, v in (summary.get("steps") or {}).items()]
-    sections = [head, _table(steps, "Steps")]
-    sections.append(_table(stats_rows(_read_json(curate.get("stats"))), "Curation counts"))
-    dd = curate.get("data_docs") or (summary.get("contracts") or {}).get("data_docs")
-    if dd:
-        sections.append(f'<h2>Data contracts</h2><p><a href="{Path(dd).resolve().as_uri()}">Data Docs</a></p>')
-    warnings = curate.get("contract_warnings") or (summary.get("contracts") or {}).get("warnings") or []
-    if warnings:
-        sections.append(_table([{"warning": w} for w in warnings], "Data contract warnings"))
-    pm = _read_json((summary.get("pretrain") or {}).get("metrics")) or {}
-    sections.append(_table([{k: v for k, v in pm.items() if not isinstance(v, (list, dict))}], "Pretraining"))
-    mod_rows = []
-    for task, path in ((summary.get("adapt") or {}).get("metrics") or {}).items():
-        m = _read_json(path) or {}
-        mod_rows.append({"task": task, **{k: v for k, v in m.items() if not isinstance(v, (list, dict))}})
-    sections.append(_table(mod_rows, "Modules (test split)"))
-    tune = summary.get("tune") or {}
-    sections.append(_table([_read_json(tune.get("best_config")) or {}], "Tuning: best trial"))
-    pub = summary.get("publish") or {}
-    sections.append(_table(pub.get("registered") or [], "Registered"))
-    sections.append(_table(pub.get("rejected") or [], "Not published (gate)"))
-    page = (
-        "<!doctype html><meta charset='utf-8'><title>modpipe run</title><style>"
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}</style><h1>modpipe run</h1>"
-        + "".join(sections)
-    )
+    """The run report (``page.py``) of a run summary (``modpipe.pipeline.write_summary``): a self-contained HTML
+    page, headline and what failed first, then a section per stage with its figure; returns its path."""
+    from modpipe.report.facts import collect
+    from modpipe.report.page import render
+
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
+    out.write_text(render(collect(summary, run_dir_of(out))))
     return str(out)

@@ -222,7 +222,7 @@ def test_warning_is_reported_and_does_not_stop(tmp_path, curated):
     assert [(w["column"], w["severity"]) for w in train["warnings"]] == [("label_share", "warning")]
     assert train["warnings"][0]["observed"]["observed_value"] == pytest.approx(0.9)
     # the Data Docs page of that validation shows the failed expectation
-    pages = [p for p in Path(out["data_docs"]).parent.rglob("*.html") if "tasks__toy__train" in str(p)]
+    pages = [p for p in Path(out["data_docs"]).parent.rglob("*.html") if "task-toy-train" in str(p)]
     assert pages and any("label_share" in p.read_text() for p in pages)
 
 
