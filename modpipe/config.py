@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from modpipe.config_adapt import (  # noqa: F401 - re-exported: every section is importable from modpipe.config
     AdaptConfig, BottleneckConfig, FreezeConfig, IA3Config, LoraConfig, ModuleMethod, PrefixConfig, TransferConfig,
     TuneConfig,
 )
-from modpipe.config_base import ConfigError, _Section, unversioned  # noqa: F401
+from modpipe.config_base import (  # noqa: F401 - ConfigError, Name, check_name are re-exported
+    ConfigError, Name, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, _Section, check_name, unversioned,
+)
 from modpipe.config_curate import (  # noqa: F401 - re-exported
     CurateConfig, DecontamConfig, GopherConfig, LanguageConfig, MinHashConfig, PiiConfig, RepetitionConfig,
 )
@@ -58,12 +60,13 @@ class CorpusConfig(_Section):
 
 
 class TaskSpec(_Section):
-    name: str
+    name: Name
+    """The task's folder under curate's ``tasks/``, its module dirs and its registered model's name."""
     kind: Literal["man_section", "man_language", "py_package"]
     """man_section: English page -> its section; man_language: translated page -> its language folder;
     py_package: stdlib docstring -> its top-level package (always from the stdlib docstrings, a second source of
     text beside the manual pages)."""
-    max_chars: int = 2000
+    max_chars: PositiveInt = 2000
     """Each example is truncated to this many characters before tokenization."""
 
 
@@ -75,9 +78,9 @@ class TasksConfig(_Section):
     ]
     val_frac: float = 0.1
     test_frac: float = 0.2
-    min_examples_per_label: int = 20
+    min_examples_per_label: PositiveInt = 20
     """Labels with fewer (deduplicated) examples are dropped (man_language uses corpus.min_docs_per_language)."""
-    min_chars: int = 100
+    min_chars: NonNegativeInt = 100
     """Examples shorter than this after normalisation are dropped."""
 
     @field_validator("test_frac", "val_frac")
@@ -85,6 +88,15 @@ class TasksConfig(_Section):
     def _frac(cls, v: float) -> float:
         if not 0.0 < v < 0.5:
             raise ValueError("must be in (0, 0.5)")
+        return v
+
+    @field_validator("specs")
+    @classmethod
+    def _unique(cls, v: list[TaskSpec]) -> list[TaskSpec]:
+        names = [s.name for s in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"task names must be unique: {twice} appear more than once")
         return v
 
 
@@ -107,13 +119,13 @@ class ContractsConfig(_Section):
     max_languages: int = 40
     """Distinct languages a corpus may hold before it is reported."""
     min_doc_tokens: int = 16
-    max_doc_tokens: int = 200_000
+    max_doc_tokens: int = Field(200_000, validate_default=True)
     """Tokens per curated document under the curate tokenizer."""
-    min_example_tokens: int = 4
-    max_example_tokens: int = 4096
+    min_example_tokens: NonNegativeInt = 4
+    max_example_tokens: int = Field(4096, validate_default=True)
     """Tokens per task example under the curate tokenizer."""
     min_label_share: float = 0.005
-    max_label_share: float = 0.8
+    max_label_share: float = Field(0.8, validate_default=True)
     """Share of a split's rows that carry one label (class balance bounds)."""
 
     @field_validator("max_rows", "max_languages", "min_doc_tokens", "max_doc_tokens", "max_example_tokens")
@@ -131,15 +143,35 @@ class ContractsConfig(_Section):
             raise ValueError("must be in [0, 1]")
         return v
 
+    @field_validator("max_doc_tokens", "max_example_tokens", "max_label_share")
+    @classmethod
+    def _max_not_below_min(cls, v, info):
+        low = "min_" + info.field_name.removeprefix("max_")
+        if low in info.data and v < info.data[low]:
+            raise ValueError(f"must be >= {low} ({info.data[low]})")
+        return v
+
 
 class ModelConfig(_Section):
     """A transformers Llama-style decoder; the tiny default trains on CPU in a few minutes."""
 
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 384
-    max_position_embeddings: int = 512
+    hidden_size: PositiveInt = 128
+    num_layers: PositiveInt = 2
+    num_heads: PositiveInt = Field(4, validate_default=True)  # checked against hidden_size even by default
+    """Attention heads; must divide ``hidden_size`` into an even head size (rotary embeddings rotate pairs)."""
+    intermediate_size: PositiveInt = 384
+    max_position_embeddings: PositiveInt = 512
+
+    @field_validator("num_heads")
+    @classmethod
+    def _heads(cls, v: int, info) -> int:
+        hidden = info.data.get("hidden_size")
+        if hidden is not None and hidden % v:
+            raise ValueError(f"must divide model.hidden_size ({hidden})")
+        if hidden is not None and (hidden // v) % 2:
+            raise ValueError(f"head size model.hidden_size / num_heads = {hidden // v} must be even (rotary "
+                             f"embeddings)")
+        return v
 
 
 class PretrainConfig(_Section):
@@ -151,9 +183,9 @@ class PretrainConfig(_Section):
     """Sequences per worker per micro-step (DeepSpeed train_micro_batch_size_per_gpu)."""
     gradient_accumulation_steps: int = 1
     """Micro-steps per optimizer step; global batch = micro_batch_size * this * num_workers."""
-    lr: float = 1e-3
-    warmup_steps: int = 10
-    weight_decay: float = 0.1
+    lr: PositiveFloat = 1e-3
+    warmup_steps: NonNegativeInt = 10
+    weight_decay: NonNegativeFloat = 0.1
     """Applied to >= 2-D weights only (matmuls, embeddings); norms and biases get none."""
     num_workers: int = 2
     use_gpu: bool = False
@@ -166,10 +198,10 @@ class PretrainConfig(_Section):
     """Steps between checkpoints reported to Ray Train (a rerun resumes from the latest)."""
     keep_checkpoints: int = unversioned(2)
     """Checkpoints Ray Train keeps under <run_dir>/pretrain/ray."""
-    max_failures: int = unversioned(0)
+    max_failures: int = unversioned(0, ge=0)
     """Worker-group restarts Ray Train attempts (each resumes from the latest checkpoint)."""
     log_every: int = unversioned(10)
-    peak_tflops: float = unversioned(989.0)
+    peak_tflops: float = unversioned(989.0, gt=0)
     """Per-GPU dense bf16 peak used for MFU (H100 SXM)."""
 
     @field_validator("zero_stage")
@@ -208,13 +240,18 @@ class PublishConfig(_Section):
 
 class RayConfig(_Section):
     address: str | None = None
-    """None: use RAY_ADDRESS if set, else start a local Ray with num_cpus."""
-    num_cpus: int | None = None
+    """None: use RAY_ADDRESS if set, else start a local Ray with num_cpus (every service on 127.0.0.1, token
+    auth on unless RAY_AUTH_MODE=disabled; see ``modpipe.raycluster``)."""
+    num_cpus: PositiveInt | None = None
 
 
 class PipelineConfig(_Section):
     run_dir: str = "runs/default"
-    seed: int = 0
+    run_dir_access: Literal["private", "group-read", "group-write"] = unversioned("private")
+    """Permissions of the run dir (``modpipe.rundir``): ``private`` 0700 (only you), ``group-read`` 0750,
+    ``group-write`` 2770 (setgid: new files keep the dir's group; run with ``umask 002`` so the group can write
+    them too) for run dirs on shared cluster storage. Others never get access."""
+    seed: NonNegativeInt = 0
     corpus: CorpusConfig = CorpusConfig()
     curate: CurateConfig = CurateConfig()
     tasks: TasksConfig = TasksConfig()

@@ -2,38 +2,80 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
-from modpipe.config_base import _Section, unversioned
+from modpipe.config_base import (
+    Name, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, _Section, unversioned,
+)
+
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+
+
+def _module_names(v: list[str], *, allow_empty: bool = False) -> list[str]:
+    """Backbone submodule names a module targets (``q_proj``, ``mlp.down_proj``)."""
+    if not v and not allow_empty:
+        raise ValueError("must name at least one module")
+    bad = [m for m in v if not isinstance(m, str) or not _MODULE_NAME.fullmatch(m)]
+    if bad:
+        raise ValueError(f"not module names: {bad}")
+    return v
 
 
 class LoraConfig(_Section):
-    r: int = 8
-    alpha: int = 16
+    r: PositiveInt = 8
+    alpha: PositiveInt = 16
     dropout: float = 0.05
+    """Dropout on the LoRA branch's input, in [0, 1)."""
     target_modules: list[str] = ["q_proj", "v_proj"]
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:
+            raise ValueError("must be in [0, 1)")
+        return v
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        return _module_names(v)
 
 
 class IA3Config(_Section):
     """IA3 (PEFT): learned scaling vectors on these projections' activations."""
 
     target_modules: list[str] = ["k_proj", "v_proj", "down_proj"]
-    feedforward_modules: list[str] = ["down_proj"]
+    feedforward_modules: list[str] = Field(["down_proj"], validate_default=True)
     """Subset of ``target_modules`` scaled on their input (feed-forward) rather than their output."""
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        return _module_names(v)
+
+    @field_validator("feedforward_modules")
+    @classmethod
+    def _feedforward(cls, v: list[str], info) -> list[str]:
+        _module_names(v, allow_empty=True)
+        targets = info.data.get("target_modules")
+        if targets is not None and not set(v) <= set(targets):
+            raise ValueError(f"{sorted(set(v) - set(targets))} not in ia3.target_modules {targets}")
+        return v
 
 
 class PrefixConfig(_Section):
     """Prefix tuning (learned key/value prefixes in every block) and prompt tuning (learned input embeddings)."""
 
-    num_virtual_tokens: int = 8
+    num_virtual_tokens: PositiveInt = 8
 
 
 class BottleneckConfig(_Section):
     """Bottleneck adapter (down-project, nonlinearity, up-project, residual) after block sublayers."""
 
-    reduction_factor: int = 16
+    reduction_factor: PositiveInt = 16
     """Bottleneck width = hidden_size // reduction_factor (at least 1)."""
     placement: Literal["pfeiffer", "houlsby"] = "pfeiffer"
     """pfeiffer: one adapter after each block's feed-forward; houlsby: after attention and after feed-forward."""
@@ -76,14 +118,14 @@ class AdaptConfig(_Section):
     """One module (``method``, per task ``methods``) + head per task on the backbone under a freeze policy; one Ray
     Train run per task, concurrently within the cluster's free resources."""
 
-    tasks: list[str] = ["man_section", "man_language", "py_package"]
+    tasks: list[Name] = ["man_section", "man_language", "py_package"]
     """Tasks (folders of curate's tasks_dir) to adapt; when none exists there, every task found is adapted.
     Versioned for the step (its output lists these tasks' modules: adding one must re-run adapt), not per task:
     each task's module dir is keyed by its own training fields and data, so only the new task trains."""
     method: ModuleMethod = "lora"
     """Module kind of every task: lora | ia3 (PEFT), prefix | prompt (PEFT), bottleneck (adapter), linear_probe
     (head only, backbone frozen) | full (every weight trains)."""
-    methods: dict[str, ModuleMethod] = {}
+    methods: dict[Name, ModuleMethod] = {}
     """Per-task override of ``method``, e.g. ``{man_language: bottleneck}``."""
     head: Literal["linear", "mlp"] = "linear"
     """Task head on the last non-pad token's hidden state: one linear layer, or linear-activation-linear."""
@@ -95,12 +137,12 @@ class AdaptConfig(_Section):
     freeze: FreezeConfig = FreezeConfig()
     train_fraction: float = 1.0
     """Seeded, label-stratified share of the train split used (at least one row per label)."""
-    lr: float = 2e-3
+    lr: PositiveFloat = 2e-3
     """AdamW learning rate of the module's parameters and the head."""
-    method_lr: dict[ModuleMethod, float] = {"full": 1e-4}
+    method_lr: dict[ModuleMethod, PositiveFloat] = {"full": 1e-4}
     """Per-method learning rate in place of ``lr``: full fine-tuning moves every backbone weight and diverges at
     the learning rates that suit adapters (measured: full FT at 2e-3 collapsed to macro-F1 0.016 on py_package)."""
-    weight_decay: float = 0.0
+    weight_decay: NonNegativeFloat = 0.0
     epochs: int = 5
     batch_size: int = 16
     """Rows per worker per step (global batch = batch_size * num_workers_per_task); also the eval batch."""
@@ -114,7 +156,7 @@ class AdaptConfig(_Section):
     gpus_per_worker: float = unversioned(0.0)
     """Fractional GPUs per trainer worker (with ``use_gpu``; 0 there means one whole GPU)."""
     use_gpu: bool = False
-    max_failures: int = unversioned(1)
+    max_failures: NonNegativeInt = unversioned(1)
     """Worker-group restarts per task (each resumes from the task's latest epoch checkpoint)."""
     task_retries: int = unversioned(1)
     """Times a failed task is trained again (after the others were started) before it is reported failed."""
@@ -187,14 +229,14 @@ class TransferConfig(_Section):
     """Train fractions of the sample-efficiency curve."""
     curve_methods: list[ModuleMethod] = ["lora", "linear_probe", "full"]
     """Methods also trained at every fraction below 1 (each costs one adapt run per fraction)."""
-    tasks: list[str] = []
+    tasks: list[Name] = []
     """Tasks evaluated; empty: those ``adapt`` would train."""
     metric: Literal["test_macro_f1", "test_accuracy"] = "test_macro_f1"
     """Headline metric of the table and the curve (the others are reported beside it)."""
     router: bool = True
     """Per task, a learned router over the other tasks' LoRA modules, next to that task's fresh LoRA module."""
-    router_epochs: int = 30
-    langid_task: str = "man_language"
+    router_epochs: PositiveInt = 30
+    langid_task: Name = "man_language"
     """Task that also gets the offline language-ID baseline (py3langid); skipped when absent."""
 
     @field_validator("fractions")
@@ -203,3 +245,10 @@ class TransferConfig(_Section):
         if not v or any(not 0.0 < f <= 1.0 for f in v):
             raise ValueError("each fraction must be in (0, 1]")
         return sorted(set(v))
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must list at least one method")
+        return v

@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from modpipe.config_base import check_name
 from modpipe.lineage import fingerprint, git_commit, library_versions
+from modpipe.rundir import ensure_run_dir
 from modpipe.steps import Step
 
 if TYPE_CHECKING:
@@ -236,6 +238,8 @@ def execute(step: Step, cfg: PipelineConfig, inputs: dict[str, StepResult], *, r
         up = inputs.get(name)
         if up is None or not up.succeeded:
             raise StepError(f"{step.name}: upstream step {name} has not succeeded")
+    check_name(run_id, "run id")  # it names temp dirs, failed records, summaries and registry tags
+    ensure_run_dir(cfg)  # private (0700) unless run_dir_access says otherwise, before anything is written
     version, basis = step_version(step, cfg, {n: inputs[n].version for n in step.inputs})
     root = cfg.run_path / step.name
     base = f"{step.name}-{version}"

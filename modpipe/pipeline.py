@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modpipe.config import PipelineConfig
+from modpipe.config import PipelineConfig, check_name
 from modpipe.executor import Runner, StepResult, new_run_id, run_steps
 
 log = logging.getLogger("modpipe.pipeline")
@@ -23,7 +23,7 @@ log = logging.getLogger("modpipe.pipeline")
 def run(cfg: PipelineConfig, targets: list[str], *, run_id: str | None = None, force: bool = False,
         runner: Runner | None = None) -> dict[str, Any]:
     """Run ``targets`` (and what they read); returns the run summary (also in ``<run_dir>/runs/<run_id>.json``)."""
-    run_id = run_id or new_run_id()
+    run_id = check_name(run_id or new_run_id(), "run id")  # it becomes runs/<run_id>.json: a name, never a path
     results: dict[str, StepResult] = {}
     t0 = time.time()
 

@@ -33,12 +33,16 @@ class Split:
 
 
 def list_tasks(tasks_dir: str | Path) -> list[str]:
-    """Task folders (those holding labels.json or a train split), sorted."""
+    """Task folders (those holding labels.json or a train split) whose names are names
+    (``config_base.NAME_PATTERN``: a task's name goes into module dirs and registered model names), sorted."""
+    from modpipe.config_base import is_name
+
     root = Path(tasks_dir)
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and ((p / LABELS_FILE).is_file() or (p / "train.parquet").is_file()))
+                  if is_name(p.name) and p.is_dir() and not p.is_symlink()
+                  and ((p / LABELS_FILE).is_file() or (p / "train.parquet").is_file()))
 
 
 def read_labels(task_dir: str | Path) -> list[str]:
@@ -101,6 +105,10 @@ class Task:
 
 def load_task(tasks_dir: str | Path, name: str) -> Task:
     """Read and check a task; raises TaskDataError naming the file when it cannot be used."""
+    from modpipe.config_base import is_name
+
+    if not is_name(name):
+        raise TaskDataError(f"{name!r} is not a valid task name")
     root = Path(tasks_dir) / name
     if not root.is_dir():
         raise TaskDataError(f"{root}: no such task folder")
