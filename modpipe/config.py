@@ -57,6 +57,42 @@ class CorpusConfig(_Section):
     configured root, line/row)."""
     max_record_bytes: int = 8_000_000
     """A longer line / text / row is quarantined (``record_too_large``) without being held in memory."""
+    max_file_bytes: int = 16 << 30
+    """Per input file (user files and man pages; ``curate.guard``): more stored bytes are refused
+    (``file_too_large``: from its size before it is opened, or while it is read), and so is a Parquet row group
+    whose columns hold more uncompressed (``row_group_too_large``)."""
+    read_timeout_s: float = 600.0
+    """Per input file: seconds it may spend waiting on its storage, the open and every read summed (the time a
+    consumer spends between reads does not count).  Each read runs in a helper thread, so a read that never
+    returns (a dead network mount, a stalled object store) is abandoned after this long and the file quarantined
+    (``read_timeout``) with the records read before it; a file that trickles is stopped the same way."""
+    max_decompressed_bytes: int = 64 << 30
+    """Per input file: bytes a .gz/.zst stream may decompress to, and text bytes a Parquet file may hold
+    (``decompressed_too_large``); counted as it streams, nothing is held."""
+    max_compression_ratio: float = 100.0
+    """Per input file: decompressed (Parquet: text) bytes per stored byte, checked once 1 MiB was produced
+    (``compression_ratio``): a 4 KB .jsonl.gz of 2 M lines stops after its first MiB."""
+
+    @field_validator("max_record_bytes", "max_file_bytes", "max_decompressed_bytes")
+    @classmethod
+    def _positive_bytes(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("read_timeout_s")
+    @classmethod
+    def _positive_seconds(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError("must be > 0")
+        return v
+
+    @field_validator("max_compression_ratio")
+    @classmethod
+    def _ratio(cls, v: float) -> float:
+        if not v >= 1:
+            raise ValueError("must be >= 1")
+        return v
 
 
 class TaskSpec(_Section):
@@ -220,8 +256,55 @@ class PretrainConfig(_Section):
         return v
 
 
+class TaskMetric(_Section):
+    """How one task's modules are judged: a key of the measured test metrics, which way is better, the bar."""
+
+    metric: str = "test_macro_f1"
+    direction: Literal["higher", "lower"] = "higher"
+    threshold: float = 0.2
+    """higher: the metric must be >= threshold; lower: <= threshold."""
+
+
+NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
+"""Every name that meets a registry (registered model, alias, prefix) matches this (``modpipe.registry.names``)."""
+_RESERVED_ALIASES = ("latest",)
+
+
+def _safe_name(v: str) -> str:
+    import re
+
+    if not isinstance(v, str) or not re.fullmatch(NAME_PATTERN, v):
+        raise ValueError(f"{v!r} is not a name: must match {NAME_PATTERN}")
+    return v
+
+
+class BaselineConfig(_Section):
+    """Classical baselines per task (``modpipe/baseline``): majority class and TF-IDF + logistic regression."""
+
+    max_chars: int = 2000
+    """Characters of each example the TF-IDF baseline sees (its start)."""
+    max_features: int = 200_000
+    """TF-IDF vocabulary cap (character 2-4-grams)."""
+    c: float = 10.0
+    """Inverse regularisation strength of the logistic regression."""
+
+    @field_validator("max_chars", "max_features")
+    @classmethod
+    def _positive_int(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("c")
+    @classmethod
+    def _positive_c(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError("must be > 0")
+        return v
+
+
 class PublishConfig(_Section):
-    """The gate and the MLflow model registry that modules which pass it are published to."""
+    """The promotion policy (``modpipe.registry.policy``) and the MLflow model registry modules are published to."""
 
     tracking_uri: str | None = None
     """None: sqlite under <run_dir>/registry; any MLflow tracking URI otherwise."""
@@ -230,12 +313,82 @@ class PublishConfig(_Section):
     experiment: str = "modpipe-publish"
     """MLflow experiment that holds one run per published module."""
     metric: str = "test_macro_f1"
-    """Key of the module's metrics.json the gate compares with ``min_metric``."""
+    """Measured test metric (``test_accuracy``, ``test_macro_f1``, ``test_auroc_ovr``, ``test_ece``) the policy
+    judges every task by, unless ``task_metrics`` names the task."""
+    direction: Literal["higher", "lower"] = "higher"
+    """Which way ``metric`` is better."""
     min_metric: float = 0.2
+    """The bar for ``metric``: >= it when higher is better, <= it when lower is better."""
+    task_metrics: dict[str, TaskMetric] = {}
+    """Per task: its own metric, direction and threshold, e.g. ``{man_language: {metric: test_accuracy,
+    threshold: 0.5}}``."""
+    max_ece: float | None = 0.25
+    """Classifiers: the measured 15-bin expected calibration error on the test split must be <= this (None: off)."""
+    tolerance: float = 0.0
+    """A candidate takes ``alias`` when its metric is at least the current champion's minus this (both measured on
+    the current test split in the same run); otherwise it takes ``challenger_alias``."""
+    reproduce_tolerance: float = 0.02
+    """A candidate whose test split is the one its module.json records must reproduce its recorded test metric
+    within this when measured here (a module whose weights came from elsewhere does not)."""
     model_prefix: str = "modpipe"
-    """Registered model name = ``<model_prefix>-<task>``."""
+    """Registered model name = ``<model_prefix>-<task>``; the backbone is ``<model_prefix>-backbone``."""
     alias: str = "champion"
-    """Alias moved to each newly registered version."""
+    """Alias of the best version so far (moved only when a candidate is at least as good)."""
+    challenger_alias: str = "challenger"
+    """Alias of a passing candidate that is not better than the champion."""
+    cache_dir: str | None = unversioned(None)
+    """Where registry artifacts are downloaded and verified before loading (None: <run_dir>/registry/cache)."""
+
+    @field_validator("model_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        _safe_name(v)
+        if len(v) > 40:
+            raise ValueError("must be at most 40 characters (names are <model_prefix>-<task>)")
+        return v
+
+    @field_validator("alias", "challenger_alias")
+    @classmethod
+    def _alias(cls, v: str) -> str:
+        _safe_name(v)
+        import re
+
+        if v in _RESERVED_ALIASES or re.fullmatch(r"v\d+", v):
+            raise ValueError(f"{v!r} is reserved by MLflow (latest, v<number>)")
+        return v
+
+    @field_validator("task_metrics")
+    @classmethod
+    def _task_names(cls, v: dict) -> dict:
+        for name in v:
+            _safe_name(name)
+        return v
+
+    @field_validator("max_ece")
+    @classmethod
+    def _ece(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 <= v <= 1.0:
+            raise ValueError("must be in [0, 1] or null")
+        return v
+
+    @field_validator("tolerance", "reproduce_tolerance")
+    @classmethod
+    def _tolerance(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError("must be in [0, 1]")
+        return v
+
+    @field_validator("challenger_alias")
+    @classmethod
+    def _distinct_aliases(cls, v: str, info) -> str:
+        if v == info.data.get("alias"):
+            raise ValueError(f"must differ from publish.alias (both {v!r})")
+        return v
+
+    def rule(self, task: str) -> TaskMetric:
+        """The metric rule of ``task``."""
+        return self.task_metrics.get(task) or TaskMetric(metric=self.metric, direction=self.direction,
+                                                        threshold=self.min_metric)
 
 
 class RayConfig(_Section):
@@ -261,6 +414,7 @@ class PipelineConfig(_Section):
     adapt: AdaptConfig = AdaptConfig()
     tune: TuneConfig = TuneConfig()
     transfer: TransferConfig = TransferConfig()
+    baseline: BaselineConfig = BaselineConfig()
     publish: PublishConfig = PublishConfig()
     ray: RayConfig = RayConfig()
 

@@ -71,6 +71,8 @@ STEPS: tuple[Step, ...] = (
          help="Pretrain the backbone (DeepSpeed ZeRO inside Ray Train)."),
     Step("adapt", "modpipe.adapt:run", ("seed", "adapt"), ("curate", "contracts", "pretrain"),
          help="Train one module + head per task on the frozen backbone, tasks in parallel."),
+    Step("baseline", "modpipe.baseline:run", ("seed", "baseline"), ("curate", "contracts"),
+         help="Classical baselines per task (majority; TF-IDF + logistic regression) on the modules' own splits."),
     Step("tune", "modpipe.tune:run", ("seed", "adapt", "tune"), ("curate", "contracts", "pretrain"),
          help="Ray Tune (ASHA) over module hyperparameters; the best trial's module is the task's candidate."),
     Step("publish", "modpipe.registry:run", ("publish",), ("curate", "contracts", "pretrain", "adapt", "tune"),
