@@ -265,17 +265,8 @@ class TaskMetric(_Section):
     """higher: the metric must be >= threshold; lower: <= threshold."""
 
 
-NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
-"""Every name that meets a registry (registered model, alias, prefix) matches this (``modpipe.registry.names``)."""
 _RESERVED_ALIASES = ("latest",)
-
-
-def _safe_name(v: str) -> str:
-    import re
-
-    if not isinstance(v, str) or not re.fullmatch(NAME_PATTERN, v):
-        raise ValueError(f"{v!r} is not a name: must match {NAME_PATTERN}")
-    return v
+"""MLflow refuses these aliases (and ``v<number>``)."""
 
 
 class BaselineConfig(_Section):
@@ -342,7 +333,7 @@ class PublishConfig(_Section):
     @field_validator("model_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        _safe_name(v)
+        check_name(v, "model_prefix")
         if len(v) > 40:
             raise ValueError("must be at most 40 characters (names are <model_prefix>-<task>)")
         return v
@@ -350,7 +341,7 @@ class PublishConfig(_Section):
     @field_validator("alias", "challenger_alias")
     @classmethod
     def _alias(cls, v: str) -> str:
-        _safe_name(v)
+        check_name(v, "alias")
         import re
 
         if v in _RESERVED_ALIASES or re.fullmatch(r"v\d+", v):
@@ -361,7 +352,7 @@ class PublishConfig(_Section):
     @classmethod
     def _task_names(cls, v: dict) -> dict:
         for name in v:
-            _safe_name(name)
+            check_name(name, "task name")
         return v
 
     @field_validator("max_ece")

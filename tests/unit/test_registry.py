@@ -1,160 +1,276 @@
-"""Publish stage against a real MLflow sqlite store, with a real tiny backbone and real PEFT LoRA module dirs."""
+"""The module lifecycle against a real MLflow SQLite store, real tiny backbones and real module dirs (adapt's writer):
+the one policy check, promotion (better, worse, tie, absent champion), refusals (tampered, incompatible, foreign
+backbone behind a forged module.json, symlinks, calibration), names, the alias ledger, loading by alias."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from modpipe.config import ModelConfig, load_config
-from modpipe.lineage import sha256_file
-
-TASK = "toy"
-LABELS = ["alpha", "beta"]
-TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=64)
-LINES = [f"the {w} page describes command number {i} and its options" for i, w in
-         enumerate(["ls", "cp", "grep", "sed", "awk", "tar", "ssh", "git"] * 4)]
+from modpipe.config import ConfigError, load_config
+from registry_world import (TASK, TINY, make_backbone, make_task, make_tokenizer, resign, train_module,
+                            write_data_manifest)
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory) -> dict[str, Path]:
-    """A tiny backbone (safetensors + tokenizer + fingerprint) and one good LoRA module trained on nothing."""
-    from peft import LoraConfig, TaskType, get_peft_model
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import AutoModelForSequenceClassification
-
-    from modpipe.models.backbone import SPECIAL_TOKENS, build_causal_lm, hf_tokenizer
-    from modpipe.models.fingerprint import write_backbone_fingerprint
-
-    root = tmp_path_factory.mktemp("registry_assets")
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(LINES, trainers.BpeTrainer(vocab_size=120, special_tokens=SPECIAL_TOKENS))
-    tok.save(str(root / "tokenizer.json"))
-
-    backbone = root / "backbone"
-    build_causal_lm(TINY, tok.get_vocab_size()).save_pretrained(backbone)
-    hf_tokenizer(root / "tokenizer.json").save_pretrained(backbone)
-    fp = write_backbone_fingerprint(backbone)
-
-    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=len(LABELS))
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    module = root / "module"
-    get_peft_model(model, lora).save_pretrained(module)
-    assert (module / "adapter_model.safetensors").is_file()
-    (module / "metrics.json").write_text(json.dumps({
-        "test_accuracy": 0.75, "test_macro_f1": 0.7, "val_accuracy": 0.8, "val_macro_f1": 0.72, "n_train": 32}))
-    (module / "module.json").write_text(json.dumps({
-        "task": TASK, "labels": LABELS, "backbone_fingerprint": fp, "seed": 0, "train_data_digest": "t" * 64,
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}))
-    manifest = root / "manifest.json"
-    manifest.write_text(json.dumps({"digest": "m" * 64, "shards": []}))
-    return {"backbone": backbone, "module": module, "manifest": manifest, "fingerprint": fp}
-
-
-def _variant(assets, dest: Path, metrics: dict | None = None, module: dict | None = None) -> str:
-    shutil.copytree(assets["module"], dest)
-    for name, patch in (("metrics.json", metrics), ("module.json", module)):
-        if patch:
-            data = json.loads((dest / name).read_text())
-            (dest / name).write_text(json.dumps({**data, **patch}))
-    return str(dest)
+def world(tmp_path_factory):
+    """Backbone A (the current one), backbone B (same tokenizer and shape, other weights), one task, and modules:
+    ``good`` (trained), ``weak`` (untrained head), ``tie`` (good's weights, a different module.json),
+    ``foreign`` (trained on B)."""
+    root = tmp_path_factory.mktemp("registry")
+    tok = make_tokenizer(root / "tok")
+    a, b = make_backbone(root / "backbone_a", tok, seed=0), make_backbone(root / "backbone_b", tok, seed=1)
+    tasks = root / "tasks"
+    make_task(tasks)
+    mods = root / "modules"
+    good = train_module(a, tasks, mods, steps=60, tag="good")
+    weak = train_module(a, tasks, mods, steps=0, tag="weak")
+    tie = root / "tie"
+    shutil.copytree(good, tie)
+    resign(tie, note="same weights, another module.json")
+    foreign = train_module(b, tasks, mods, steps=60, tag="foreign")
+    return {"root": root, "tok": tok, "a": a, "b": b, "tasks": tasks, "good": good, "weak": weak, "tie": tie,
+            "foreign": foreign, "manifest": write_data_manifest(root)}
 
 
 def _cfg(tmp_path: Path, *extra: str):
-    return load_config(overrides=[f"run_dir={tmp_path / 'run'}", "publish.min_metric=0.5", *extra])
+    return load_config(overrides=[f"run_dir={tmp_path / 'run'}", "publish.min_metric=0.0", *extra])
 
 
-def test_gate_registers_passing_module_with_lineage_and_alias(tmp_path, assets):
-    from mlflow import MlflowClient
-
-    from modpipe.lineage import fingerprint
-    from modpipe.registry import list_modules, publish, resolve
-
-    cfg = _cfg(tmp_path)
-    modules = {
-        TASK: str(assets["module"]),
-        "weak": _variant(assets, tmp_path / "weak", metrics={"test_macro_f1": 0.1}),
-        "stale": _variant(assets, tmp_path / "stale", module={"backbone_fingerprint": "0" * 64}),
-        "lying": _variant(assets, tmp_path / "lying", module={"files": {"adapter_model.safetensors": "f" * 64}}),
-    }
-    out = publish(cfg, str(assets["backbone"]), modules, str(assets["manifest"]))
-    assert out["tracking_uri"] == f"sqlite:///{cfg.run_path / 'registry' / 'mlflow.db'}"
-    assert [r["task"] for r in out["registered"]] == [TASK]
-    reasons = {r["task"]: r["reason"] for r in out["rejected"]}
-    assert set(reasons) == {"weak", "stale", "lying"}
-    assert "test_macro_f1=0.1000 below" in reasons["weak"]
-    assert "current backbone is " + assets["fingerprint"][:12] in reasons["stale"]
-    assert "sha256 mismatch for adapter_model.safetensors" in reasons["lying"]
-
-    reg = out["registered"][0]
-    assert reg["name"] == f"modpipe-{TASK}" and reg["version"] == "1" and reg["new"] is True
-    client = MlflowClient(tracking_uri=out["tracking_uri"], registry_uri=out["tracking_uri"])
-    mv = client.get_model_version_by_alias(reg["name"], "champion")
-    assert str(mv.version) == "1" and mv.run_id == reg["run_id"]
-    assert mv.tags["backbone_fingerprint"] == assets["fingerprint"]
-    assert mv.tags["data_manifest_digest"] == "m" * 64
-    assert mv.tags["config_fingerprint"] == fingerprint(cfg.model_dump(mode="json"))
-    assert mv.tags["metric.test_macro_f1"] == "0.7"
-    weights = assets["module"] / "adapter_model.safetensors"
-    assert mv.tags["sha256.adapter_model.safetensors"] == sha256_file(weights)
-    run = client.get_run(reg["run_id"])
-    assert run.data.metrics["test_macro_f1"] == pytest.approx(0.7)
-    assert run.data.params["lora.r"] == "4" and run.data.params["labels"] == json.dumps(LABELS)
-    artifacts = {a.path for a in client.list_artifacts(reg["run_id"], "module")}
-    assert {"module/adapter_model.safetensors", "module/adapter_config.json", "module/module.json"} <= artifacts
-    # artifacts live under the run dir, as configured
-    assert Path(resolve(cfg, TASK)).is_relative_to(cfg.run_path / "registry" / "artifacts")
-
-    # idempotent: same content -> same version, no new run
-    again = publish(cfg, str(assets["backbone"]), {TASK: str(assets["module"])}, str(assets["manifest"]))
-    assert [(r["version"], r["run_id"], r["new"]) for r in again["registered"]] == [("1", reg["run_id"], False)]
-    assert len(client.search_model_versions(f"name = '{reg['name']}'")) == 1
-
-    # changed content -> v2, alias follows
-    better = _variant(assets, tmp_path / "better", metrics={"test_macro_f1": 0.9})
-    v2 = publish(cfg, str(assets["backbone"]), {TASK: better}, str(assets["manifest"]))["registered"][0]
-    assert v2["version"] == "2" and str(client.get_model_version_by_alias(reg["name"], "champion").version) == "2"
-    rows = list_modules(cfg)
-    assert [(r["name"], r["version"], r["aliases"]) for r in rows] == [
-        (reg["name"], "1", []), (reg["name"], "2", ["champion"])]
-    assert rows[1]["tags"]["metric.test_macro_f1"] == "0.9" and rows[1]["source"].endswith("/module")
-
-
-def test_resolve_loads_and_refuses_tampered_files(tmp_path, assets):
-    from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
-
-    from modpipe.registry import RegistryError, publish, resolve
-
-    cfg = _cfg(tmp_path, "publish.alias=prod", "publish.model_prefix=team")
-    out = publish(cfg, str(assets["backbone"]), {TASK: str(assets["module"])}, str(assets["manifest"]))
-    assert out["registered"][0]["name"] == f"team-{TASK}"
-    path = Path(resolve(cfg, TASK, "prod"))
-    assert path == Path(resolve(cfg, TASK, 1))
-    base = AutoModelForSequenceClassification.from_pretrained(assets["backbone"], num_labels=len(LABELS))
-    model = PeftModel.from_pretrained(base, str(path))
-    assert any("lora_A" in n for n, _ in model.named_parameters())
-
-    with pytest.raises(RegistryError, match="no version 'champion'"):
-        resolve(cfg, TASK, "champion")
-    (path / "adapter_model.safetensors").write_bytes(b"tampered")
-    with pytest.raises(RegistryError, match="sha256 mismatch for adapter_model.safetensors"):
-        resolve(cfg, TASK, "prod")
-    (path / "adapter_model.safetensors").unlink()
-    with pytest.raises(RegistryError, match="missing adapter_model.safetensors"):
-        resolve(cfg, TASK, "prod")
-
-
-def test_unusable_backbone_rejects_everything(tmp_path, assets):
+def _publish(cfg, world, module, task=TASK, run_id="test", backbone=None):
     from modpipe.registry import publish
 
-    backbone = tmp_path / "backbone"
-    shutil.copytree(assets["backbone"], backbone)
-    (backbone / "config.json").write_text((backbone / "config.json").read_text().replace("32", "33", 1))
-    out = publish(_cfg(tmp_path), str(backbone), {TASK: str(assets["module"])}, str(assets["manifest"]))
+    return publish(cfg, str(backbone or world["a"]), {task: str(module)}, str(world["manifest"]),
+                   tasks_dir=world["tasks"], run_id=run_id)
+
+
+def _metric(module: Path, key: str = "test_macro_f1") -> float:
+    return json.loads((module / "metrics.json").read_text())[key]
+
+
+# ---------------------------------------------------------------------------------------------------- the check
+
+
+def test_one_check_passes_a_real_module_field_by_field(world):
+    from modpipe.registry.policy import Rules, check
+
+    v = check(world["good"], world["a"], Rules(threshold=0.5), task_dir=world["tasks"] / TASK)
+    assert v.passed, v.reasons
+    names = {(f.group, f.name) for f in v.fields}
+    assert {("integrity", "files.regular"), ("integrity", "module.json"), ("integrity", "files.declared"),
+            ("integrity", "weights"), ("compatibility", "backbone_fingerprint"), ("compatibility", "hidden_size"),
+            ("compatibility", "tokenizer_sha256"), ("compatibility", "tokenizer_files"),
+            ("compatibility", "libraries"), ("quality", "evaluated"), ("quality", "reproduces"),
+            ("quality", "metric"), ("quality", "ece")} <= names
+    assert v.value == pytest.approx(_metric(world["good"]), abs=1e-6)  # measured here, reproduced
+    assert "module.json" in v.files  # the digest covers module.json itself
+
+    # direction: lower is better, judged on the measured ECE
+    low = check(world["good"], world["a"], Rules(metric="test_ece", direction="lower", threshold=0.5, max_ece=None),
+                task_dir=world["tasks"] / TASK)
+    assert low.passed and low.value == pytest.approx(v.measured["test_ece"])
+    high = check(world["good"], world["a"], Rules(metric="test_ece", direction="lower", threshold=-1.0),
+                 task_dir=world["tasks"] / TASK)
+    assert [f.name for f in high.fields if not f.ok] == ["metric"]
+    ece = check(world["good"], world["a"], Rules(max_ece=0.0), task_dir=world["tasks"] / TASK)
+    assert [f.name for f in ece.fields if not f.ok] == ["ece"]
+
+
+@pytest.mark.parametrize("case", ["tampered", "symlink", "incompatible", "forged", "libraries", "pickle"])
+def test_one_check_refuses(world, tmp_path, case):
+    """Each refusal names its field; a module failing integrity or compatibility is never evaluated."""
+    from modpipe.registry.policy import Rules, check
+
+    mod = tmp_path / "m"
+    shutil.copytree(world["foreign"] if case in ("incompatible", "forged") else world["good"], mod)
+    if case == "tampered":
+        (mod / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    elif case == "symlink":
+        (mod / "adapter_config.json").unlink()
+        (mod / "adapter_config.json").symlink_to(world["good"] / "adapter_config.json")
+    elif case == "forged":  # foreign weights, module.json edited (and re-signed) to name backbone A
+        from modpipe.models.manifest import backbone_facts
+
+        resign(mod, **backbone_facts(world["a"]))
+    elif case == "libraries":
+        m = json.loads((mod / "module.json").read_text())
+        resign(mod, versions={**m["versions"], "peft": "0.1.0"})
+    elif case == "pickle":
+        (mod / "extra.bin").write_bytes(b"\x80\x04K\x01.")
+        resign(mod)
+    v = check(mod, world["a"], Rules(threshold=0.0), task_dir=world["tasks"] / TASK)
+    failed = {f"{f.group}.{f.name}" for f in v.fields if not f.ok}
+    expected = {"tampered": {"integrity.files.declared"}, "symlink": {"integrity.files.regular",
+                                                                       "integrity.files.declared"},
+                "incompatible": {"compatibility.backbone_fingerprint"}, "forged": {"quality.reproduces"},
+                "libraries": {"compatibility.libraries"}, "pickle": {"integrity.weights"}}[case]
+    assert expected <= failed, v.reasons
+    assert not v.passed
+    if case not in ("forged",):
+        assert "quality.evaluated" in failed and v.value is None  # never loaded
+
+
+# ---------------------------------------------------------------------------------------------------- promotion
+
+
+def test_champion_moves_only_for_an_at_least_as_good_candidate(world, tmp_path):
+    """worse -> challenger (champion stays, reason recorded); better and tie -> champion; identical content is one
+    version; every move is in the ledger with its run id."""
+    from mlflow import MlflowClient
+
+    from modpipe.registry import ledger, store_of
+
+    cfg = _cfg(tmp_path)
+    first = _publish(cfg, world, world["weak"], run_id="r1")
+    assert [(r["version"], r["alias"]) for r in first["registered"]] == [("1", "champion")]
+    assert "no champion yet" in first["decisions"][0]["reason"]
+
+    better = _publish(cfg, world, world["good"], run_id="r2")
+    d = better["decisions"][0]
+    assert (d["version"], d["alias"], d["champion"]["version"]) == ("2", "champion", "1")
+    assert d["candidate"] == pytest.approx(_metric(world["good"]))
+    assert d["candidate"] > d["champion"]["value"]
+
+    worse = _publish(cfg, world, world["weak"], run_id="r3")  # v1 again: same content, no new version
+    d = worse["decisions"][0]
+    assert (d["version"], d["alias"], worse["registered"][0]["new"]) == ("1", "challenger", False)
+    assert "worse than champion v2" in d["reason"] and "champion stays at v2" in d["reason"]
+
+    tie = _publish(cfg, world, world["tie"], run_id="r4")
+    d = tie["decisions"][0]
+    assert (d["version"], d["alias"]) == ("3", "champion") and d["candidate"] == d["champion"]["value"]
+
+    client = MlflowClient(tracking_uri=first["tracking_uri"], registry_uri=first["tracking_uri"])
+    aliases = client.get_registered_model("modpipe-toy").aliases
+    assert aliases == {"champion": 3, "challenger": 1}
+    moves = ledger.history(store_of(cfg), "modpipe-toy")
+    assert [(m["alias"], m["from"], m["to"], m["run_id"]) for m in moves] == [
+        ("champion", "2", "3", "r4"), ("challenger", None, "1", "r3"), ("champion", "1", "2", "r2"),
+        ("champion", None, "1", "r1")]
+    assert all(m["user"] and m["time"] and m["reason"] for m in moves)
+
+    # lineage: the module version links to the registered backbone, which holds the backbone's files
+    mv = client.get_model_version("modpipe-toy", "2")
+    assert mv.tags["backbone.name"] == "modpipe-backbone" and mv.tags["backbone.version"] == "1"
+    bmv = client.get_model_version("modpipe-backbone", "1")
+    from modpipe.models.fingerprint import read_backbone_fingerprint
+
+    assert bmv.tags["backbone_fingerprint"] == read_backbone_fingerprint(world["a"])
+    assert {"sha256.model.safetensors", "sha256.tokenizer.json", "sha256.tokenizer_config.json",
+            "sha256.config.json"} <= set(bmv.tags)
+    assert mv.tags["measured.test_macro_f1"] and mv.tags["gate.metric"] == "test_macro_f1"
+    assert len(client.search_model_versions("name = 'modpipe-backbone'")) == 1
+
+
+def test_a_champion_that_cannot_be_loaded_counts_as_absent(world, tmp_path):
+    from modpipe.registry.store import local_path
+
+    cfg = _cfg(tmp_path)
+    v1 = _publish(cfg, world, world["good"])["registered"][0]
+    weights = local_path(v1["source"]) / "adapter_model.safetensors"
+    weights.write_bytes(b"tampered")  # the champion's stored files no longer match the registry
+    out = _publish(cfg, world, world["weak"])
+    d = out["decisions"][0]
+    assert (d["version"], d["alias"]) == ("2", "champion")
+    assert "champion v1 counts as absent" in d["reason"] and "sha256 mismatch" in d["reason"]
+
+
+def test_refused_candidates_register_nothing(world, tmp_path):
+    from modpipe.models.manifest import backbone_facts
+
+    forged = tmp_path / "forged"
+    shutil.copytree(world["foreign"], forged)
+    resign(forged, **backbone_facts(world["a"]))
+    cfg = _cfg(tmp_path, "publish.min_metric=0.9")
+    from modpipe.registry import publish
+
+    out = publish(cfg, str(world["a"]), {TASK: str(forged), "weak": str(world["weak"]),
+                                         "foreign": str(world["foreign"]), "Bad'name": str(world["good"])},
+                  str(world["manifest"]), tasks_dir=world["tasks"])
     assert out["registered"] == []
-    assert out["rejected"][0]["task"] == TASK and "backbone files changed" in out["rejected"][0]["reason"]
+    reasons = {r["task"]: r["reason"] for r in out["rejected"]}
+    assert "quality.reproduces" in reasons[TASK]
+    assert "not a valid name" in reasons["Bad'name"]
+    # tasks without their own split folder cannot be measured: refused, not trusted
+    assert "quality.evaluated" in reasons["weak"] and "compatibility.backbone_fingerprint" in reasons["foreign"]
+    assert not (cfg.run_path / "registry" / "mlflow.db").exists()
+
+
+def test_unusable_backbone_rejects_everything(world, tmp_path):
+    backbone = tmp_path / "backbone"
+    shutil.copytree(world["a"], backbone)
+    (backbone / "config.json").write_text((backbone / "config.json").read_text().replace("32", "33", 1))
+    out = _publish(_cfg(tmp_path), world, world["good"], backbone=backbone)
+    assert out["registered"] == [] and "backbone files changed" in out["rejected"][0]["reason"]
     assert not (tmp_path / "run" / "registry" / "mlflow.db").exists()  # nothing to publish, no store touched
+
+
+# ---------------------------------------------------------------------------------------------------- names, config
+
+
+@pytest.mark.parametrize("override", ["publish.alias=", "publish.alias=v2", "publish.alias=latest",
+                                      "publish.challenger_alias=champion", "publish.model_prefix=te'am",
+                                      "publish.max_ece=2", "publish.alias=Champion"])
+def test_bad_publish_config_fails_before_anything(override):
+    with pytest.raises(ConfigError, match="publish"):
+        load_config(overrides=[override])
+
+
+def test_a_quoted_name_in_the_store_does_not_break_listing(world, tmp_path):
+    from mlflow import MlflowClient
+
+    from modpipe.registry import list_modules
+
+    cfg = _cfg(tmp_path)
+    out = _publish(cfg, world, world["good"])
+    client = MlflowClient(tracking_uri=out["tracking_uri"], registry_uri=out["tracking_uri"])
+    client.create_registered_model("modpipe-it's")  # written by something else, before names were checked
+    rows = list_modules(cfg)
+    assert {(r["name"], r["status"]) for r in rows} >= {("modpipe-toy", "READY"), ("modpipe-it's", "invalid name")}
+
+
+# ---------------------------------------------------------------------------------------------------- consumers
+
+
+def test_load_by_alias_from_a_fresh_process_with_only_the_tracking_uri(world, tmp_path):
+    cfg = _cfg(tmp_path)
+    out = _publish(cfg, world, world["good"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODPIPE", "MLFLOW"))}
+    env.update(MLFLOW_TRACKING_URI=out["tracking_uri"], MODPIPE_CACHE=str(tmp_path / "cache"))
+    code = ("import json, modpipe.registry as r; m = r.load('models:/modpipe-toy@champion');"
+            "print(json.dumps({'v': m.version, 'bb': str(m.backbone_dir), 'p': m.predict(['grep sed the page'])}))")
+    shutil.move(str(world["a"]), str(tmp_path / "moved"))  # the run's backbone dir is not needed
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
+    finally:
+        shutil.move(str(tmp_path / "moved"), str(world["a"]))
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["v"] == "1" and got["bb"].startswith(str(tmp_path / "cache"))
+    assert got["p"][0]["label"] == "alpha" and sum(got["p"][0]["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_loaders_refuse_what_the_check_refuses(world, tmp_path):
+    from modpipe.registry import PolicyError, RegistryError, load, resolve
+    from modpipe.registry.store import local_path
+
+    cfg = _cfg(tmp_path, "publish.alias=prod", "publish.model_prefix=team")
+    out = _publish(cfg, world, world["good"])
+    uri, cache = out["tracking_uri"], tmp_path / "cache"
+    assert load("team-toy@prod", uri, cache).version == "1"
+    assert Path(resolve(cfg, TASK, "prod")) == Path(resolve(cfg, TASK, 1))
+    with pytest.raises(RegistryError, match="no version 'champion'"):
+        resolve(cfg, TASK, "champion")
+    stored = local_path(out["registered"][0]["source"])
+    manifest = json.loads((stored / "module.json").read_text())
+    (stored / "module.json").write_text(json.dumps({**manifest, "lr": 1.0}))  # module.json is covered too
+    shutil.rmtree(cache)
+    with pytest.raises((PolicyError, RegistryError), match="sha256 mismatch for .*module.json"):
+        load("team-toy@prod", uri, cache)
