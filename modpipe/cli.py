@@ -205,8 +205,9 @@ _register_step_commands()
 
 
 @registry_app.command("list")
-def registry_list(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """List registered modules with versions, aliases and lineage tags."""
+def registry_list(config: ConfigOpt = None, set_: SetOpt = None,
+                  as_json: Annotated[bool, typer.Option("--json", help="JSON rows on stdout")] = False) -> None:
+    """List registered modules and backbones with versions, aliases, the gate's measurement and lineage."""
     _setup_logging()
 
     def go():
@@ -215,16 +216,152 @@ def registry_list(config: ConfigOpt = None, set_: SetOpt = None) -> None:
         return registry.list_modules(_load(config, set_))
 
     rows = _guard(go)
+    if as_json:
+        _emit(rows)
+        return
     t = Table(title="modpipe registry")
-    for col in ("name", "version", "aliases", "metric", "backbone"):
+    for col in ("name", "version", "aliases", "measured", "backbone"):
         t.add_column(col)
     for r in rows:
         tags = r.get("tags") or {}
         gate = tags.get("gate.metric", "")
-        metric = f"{gate}={float(tags[f'metric.{gate}']):.4f}" if f"metric.{gate}" in tags else ""
-        t.add_row(str(r.get("name")), str(r.get("version")), ",".join(r.get("aliases") or []), metric,
-                  str(tags.get("backbone_fingerprint", ""))[:12])
+        value = tags.get(f"measured.{gate}") or tags.get(f"metric.{gate}")
+        metric = f"{gate}={float(value):.4f}" if value else r.get("error", "")
+        backbone = (f"{tags['backbone.name']} v{tags.get('backbone.version')}" if tags.get("backbone.name")
+                    else str(tags.get("backbone_fingerprint", ""))[:12])
+        t.add_row(str(r.get("name")), str(r.get("version")), ",".join(r.get("aliases") or []), metric, backbone)
     Console(width=None if sys.stdout.isatty() else 160).print(t)
+
+
+NameArg = Annotated[str, typer.Argument(help="registered model name, e.g. modpipe-man_section")]
+AliasOpt = Annotated[Optional[str], typer.Option("--alias", help="alias (default: publish.alias)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON on stdout")]
+
+
+def _store(config: str | None, set_: list[str] | None):
+    from modpipe.registry import store_of
+
+    cfg = _load(config, set_)
+    return cfg, store_of(cfg)
+
+
+def _print_moves(moves: list[dict], title: str) -> None:
+    t = Table(title=title)
+    for col in ("time", "alias", "from", "to", "kind", "reason", "run", "user"):
+        t.add_column(col, overflow="fold")
+    for m in moves:
+        t.add_row(m.get("time", ""), m.get("alias", ""), str(m.get("from") or "-"), str(m.get("to") or "-"),
+                  m.get("kind", ""), m.get("reason", ""), str(m.get("run_id") or ""), m.get("user", ""))
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
+
+
+@registry_app.command("history")
+def registry_history(name: NameArg, alias: Annotated[Optional[str], typer.Option("--alias", help="only this alias")] = None,
+                     config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+    """Every alias move of NAME (promotions, challengers, rollbacks, manual promotes), newest first."""
+    _setup_logging()
+
+    def go():
+        from modpipe.registry import ledger
+
+        return ledger.history(_store(config, set_)[1], name, alias)
+
+    moves = _guard(go)
+    _emit(moves) if as_json else _print_moves(moves, f"{name}: alias moves, newest first")
+
+
+@registry_app.command("rollback")
+def registry_rollback(name: NameArg, alias: AliasOpt = None,
+                      reason: Annotated[str, typer.Option("--reason", help="why (recorded)")] = "",
+                      config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Move the alias one step back (undo its latest move that is not undone yet); recorded as a move."""
+    _setup_logging()
+
+    def go():
+        from modpipe.registry import ledger
+
+        cfg, store = _store(config, set_)
+        return ledger.rollback(store, name, alias or cfg.publish.alias, reason)
+
+    _emit(_guard(go))
+
+
+@registry_app.command("promote")
+def registry_promote(name: NameArg, version: Annotated[int, typer.Argument(help="version number")],
+                     reason: Annotated[str, typer.Option("--reason", help="why (recorded; required)")],
+                     alias: AliasOpt = None, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Point the alias at VERSION by hand (after the one check passes on it); recorded as a move."""
+    _setup_logging()
+
+    def go():
+        from modpipe.registry import ledger
+        from modpipe.registry.load import verify
+        from modpipe.registry.policy import PolicyError
+
+        cfg, store = _store(config, set_)
+        verdict, _ = verify(store, f"{name}/{version}")
+        if not verdict.passed:
+            raise PolicyError(verdict, f"{name} v{version}")
+        return ledger.promote(store, name, str(version), alias or cfg.publish.alias, reason)
+
+    _emit(_guard(go))
+
+
+@registry_app.command("at")
+def registry_at(ref: Annotated[str, typer.Argument(help="NAME@ALIAS")],
+                time: Annotated[str, typer.Option("--time", help="ISO 8601, e.g. 2026-05-01T12:00:00Z")],
+                config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Which version NAME@ALIAS pointed to at a time (from the alias ledger)."""
+    _setup_logging()
+
+    def go():
+        from modpipe.registry import ledger
+
+        name, _, alias = ref.partition("@")
+        if not alias:
+            raise ValueError(f"{ref!r}: expected NAME@ALIAS")
+        when = ledger.parse_time(time)
+        return {"name": name, "alias": alias, "time": when.isoformat(),
+                "version": ledger.at(_store(config, set_)[1], name, alias, when)}
+
+    _emit(_guard(go))
+
+
+@registry_app.command("verify")
+def registry_verify(ref: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME/VERSION")],
+                    tasks_dir: Annotated[Optional[str], typer.Option(
+                        "--tasks-dir", help="also measure on <tasks-dir>/<task>/test.parquet")] = None,
+                    config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+    """The one promotion check on a registered version, field by field; exit 1 when it refuses."""
+    _setup_logging()
+
+    def go():
+        from pathlib import Path
+
+        from modpipe.registry.load import verify
+
+        cfg, store = _store(config, set_)
+        task_dir = None
+        if tasks_dir:
+            from modpipe.registry.load import fetch_version, parse_ref
+
+            task = fetch_version(store, *parse_ref(ref, cfg.publish.alias)).tags.get("task", "")
+            task_dir = Path(tasks_dir) / task
+        verdict, got = verify(store, ref, task_dir=task_dir, default_alias=cfg.publish.alias)
+        return {"name": got.name, "version": got.version, "backbone": got.backbone, **verdict.to_dict()}
+
+    out = _guard(go)
+    if as_json:
+        _emit(out)
+    else:
+        t = Table(title=f"{out['name']} v{out['version']}: {'passes' if out['passed'] else 'REFUSED'}")
+        for col in ("group", "field", "", "detail"):
+            t.add_column(col, overflow="fold")
+        for f in out["fields"]:
+            t.add_row(f["group"], f["name"], "ok" if f["ok"] else "FAIL", f["detail"])
+        Console(width=None if sys.stdout.isatty() else 200).print(t)
+    if not out["passed"]:
+        raise typer.Exit(1)
 
 
 @app.command("config")

@@ -274,3 +274,63 @@ def test_loaders_refuse_what_the_check_refuses(world, tmp_path):
     shutil.rmtree(cache)
     with pytest.raises((PolicyError, RegistryError), match="sha256 mismatch for .*module.json"):
         load("team-toy@prod", uri, cache)
+
+
+# ---------------------------------------------------------------------------------------------------- ledger CLI
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from modpipe.cli import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_history_rollback_promote_at_verify_through_the_cli(world, tmp_path):
+    import time
+
+    from modpipe.registry import ledger, store_of
+
+    cfg = _cfg(tmp_path)
+    sets = ["--set", f"run_dir={cfg.run_dir}", "--set", "publish.min_metric=0.0"]
+    before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))
+    _publish(cfg, world, world["weak"], run_id="nightly-1")
+    time.sleep(1.1)
+    between = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    time.sleep(1.1)
+    _publish(cfg, world, world["good"], run_id="nightly-2")
+    store = store_of(cfg)
+    assert store.alias_version("modpipe-toy", "champion") == "2"
+
+    r = _cli("registry", "history", "modpipe-toy", "--json", *sets)
+    assert r.exit_code == 0, r.output
+    moves = json.loads(r.stdout)
+    assert [(m["from"], m["to"], m["run_id"]) for m in moves] == [("1", "2", "nightly-2"), (None, "1", "nightly-1")]
+
+    for when, version in ((before, None), (between, "1"), ("2999-01-01T00:00:00+00:00", "2")):
+        r = _cli("registry", "at", "modpipe-toy@champion", "--time", when, *sets)
+        assert r.exit_code == 0 and json.loads(r.stdout)["version"] == version, (when, r.output)
+
+    r = _cli("registry", "rollback", "modpipe-toy", "--reason", "v2 misbehaves in production", *sets)
+    assert r.exit_code == 0, r.output
+    undo = json.loads(r.stdout)
+    assert (undo["kind"], undo["from"], undo["to"]) == ("rollback", "2", "1")
+    assert undo["undoes"] == moves[0]["id"] and store.alias_version("modpipe-toy", "champion") == "1"
+
+    r = _cli("registry", "promote", "modpipe-toy", "2", "--reason", "fixed upstream", *sets)
+    assert r.exit_code == 0, r.output
+    assert store.alias_version("modpipe-toy", "champion") == "2"
+    kinds = [(m["kind"], m["to"]) for m in ledger.history(store, "modpipe-toy", "champion")]
+    assert kinds == [("promote", "2"), ("rollback", "1"), ("publish", "2"), ("publish", "1")]
+    # a rollback now undoes the manual promote, the next one the first rollback's target's own promotion
+    assert ledger.rollback(store, "modpipe-toy", "champion")["to"] == "1"
+
+    r = _cli("registry", "verify", "modpipe-toy@champion", "--json", *sets)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["passed"] and out["version"] == "1" and out["backbone"]["name"] == "modpipe-backbone"
+    r = _cli("registry", "verify", "modpipe-toy/2", "--tasks-dir", str(world["tasks"]), *sets)
+    assert r.exit_code == 0 and "reproduces" in r.stdout and "passes" in r.stdout, r.output
+    r = _cli("registry", "list", *sets)
+    assert r.exit_code == 0 and "modpipe-backbone" in r.stdout and "champion" in r.stdout, r.output
