@@ -3,10 +3,13 @@
 config -> setup -> data -> model (module kind, head, freeze policy) -> optimizer -> resume -> epochs.
 
 Every epoch ends with a validation pass (val rows split over the ranks, probabilities gathered) and a
-``ray.train.report`` from every rank (a barrier): rank 0 attaches a checkpoint with the module's weight files
-(``adapter/``, safetensors), the optimizer state and the run state, the other ranks attach none. Ray Train V2
-keeps only metrics that come with a checkpoint, so every epoch's metrics ride on one. A rerun under the same
-run name resumes after the latest reported epoch. Per-rank batch = ``batch_size``; global = ``batch_size * world``.
+``ray.train.report`` from every rank (a barrier) with a checkpoint: rank 0's holds the module's weight files
+(``adapter/``, safetensors), the optimizer state (safetensors + JSON) and the run state (JSON); every rank's holds
+its RNG state (``resume.py``), merged by Ray Train into one checkpoint. Ray Train V2 keeps only metrics that come
+with a checkpoint, so every epoch's metrics ride on one. A rerun under the same run name (or a restarted worker
+group) resumes after the latest reported epoch with the weights, optimizer, data order and dropout RNG an
+uninterrupted run would have had there: its module is bitwise the same. Per-rank batch = ``batch_size``; global =
+``batch_size * world``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ if TYPE_CHECKING:
     from modpipe.config_adapt import FreezeConfig
 
 ADAPTER_DIR = "adapter"  # the module's weight files inside a Ray checkpoint
-OPTIM_FILE = "optimizer.pt"  # torch AdamW state (tensors and numbers only: loaded with weights_only=True)
 STATE_FILE = "train_state.json"
 
 
@@ -146,7 +148,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from modpipe.adapt.data import read_split, stratified_subset
+    from modpipe.adapt.resume import load_optimizer, load_rng
     from modpipe.evaluate import classification_metrics, peak_memory_mb
+    from modpipe.models.fingerprint import check_backbone_dir
     from modpipe.models.modules import encode, get_method, load_weights, predict_proba
 
     ctx = ray.train.get_context()
@@ -158,6 +162,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     # ---------------------------------------------------------------- data
     train = stratified_subset(read_split(job.task_dir, "train", num_labels), job.train_fraction, seed)
     val = read_split(job.task_dir, "val", num_labels)
+    check_backbone_dir(backbone)  # refuses symlinks before any backbone file is read
     tokenizer = AutoTokenizer.from_pretrained(backbone)  # <pad> = 0
     padding_side = get_method(job.method).padding_side
     steps_per_epoch = -(-len(epoch_order(len(train), world, seed, 0)) // world // batch_size)
@@ -185,9 +190,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if checkpoint:
         with checkpoint.as_directory() as ckpt:
             load_weights(core, job.method, Path(ckpt, ADAPTER_DIR))
-            opt.load_state_dict(torch.load(Path(ckpt, OPTIM_FILE), map_location=device, weights_only=True))
+            load_optimizer(opt, Path(ckpt), device)
             state = {"step": 0, **json.loads(Path(ckpt, STATE_FILE).read_text())}
-        log.info("resumed after epoch %d (step %d)", state["epoch"], state["step"])
+            rng = load_rng(Path(ckpt), rank, device)  # last: nothing may draw from the generators after this
+        log.info("resumed after epoch %d (step %d)%s", state["epoch"], state["step"],
+                 "" if rng else "; the checkpoint has no RNG state, dropout draws differ from an uninterrupted run")
 
     # ---------------------------------------------------------------- epochs
     for epoch in range(state["epoch"] + 1, epochs + 1):
@@ -230,22 +237,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                  100.0 * trainable / t.backbone_params)
         state["epoch"] = epoch
         state["history"].append(metrics)
-        _report(core, t, opt, state, metrics, rank)
+        _report(core, t, opt, state, metrics, rank, device)
     return {"epochs": state["epoch"], "trainable_params": t.trainable_params(state["step"])}
 
 
-def _report(core, t: Trainable, opt, state: dict, metrics: dict, rank: int) -> None:
-    """All ranks report (a barrier); rank 0 attaches the module + optimizer + state as the checkpoint."""
+def _report(core, t: Trainable, opt, state: dict, metrics: dict, rank: int, device) -> None:
+    """All ranks report (a barrier) a checkpoint: its RNG state; rank 0 also the module, optimizer and run state."""
     import ray.train
-    import torch
 
+    from modpipe.adapt.resume import save_optimizer, save_rng
     from modpipe.models.modules import save_weights
 
     with tempfile.TemporaryDirectory(prefix="modpipe-adapt-") as tmp:
-        checkpoint = None
+        save_rng(Path(tmp), rank, device)  # the generators as the next epoch will find them
         if rank == 0:
             save_weights(core, t.spec["method"], Path(tmp, ADAPTER_DIR), t.trained_backbone(state["step"]))
-            torch.save(opt.state_dict(), Path(tmp, OPTIM_FILE))
+            save_optimizer(opt, Path(tmp))
             Path(tmp, STATE_FILE).write_text(json.dumps(state, indent=1))
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{metrics['epoch']:04d}")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"epoch-{metrics['epoch']:04d}")

@@ -111,9 +111,13 @@ def build_classifier(backbone_dir: str | Path, num_labels: int, head: str, seed:
     from transformers import AutoModelForSequenceClassification
 
     from modpipe.models.backbone import PAD_ID
+    from modpipe.models.fingerprint import check_backbone_dir
 
+    check_backbone_dir(backbone_dir)  # no symlinks: every file read is one the fingerprint covers
     torch.manual_seed(seed)
-    base = AutoModelForSequenceClassification.from_pretrained(str(backbone_dir), num_labels=num_labels)
+    # safetensors only: a pickled pytorch_model.bin planted beside the weights is never loaded
+    base = AutoModelForSequenceClassification.from_pretrained(str(backbone_dir), num_labels=num_labels,
+                                                              use_safetensors=True)
     if base.config.pad_token_id is None:  # the classifier pools the last non-pad token
         base.config.pad_token_id = PAD_ID
     attach_head(base, head, num_labels)

@@ -5,7 +5,8 @@ work)`` is the same without the contract gate, for callers that bring their own 
 
 - ``backbone``: the step dir ``<run_dir>/pretrain/pretrain-<version>`` with the HF export (``config.json``, ``model.safetensors``,
   tokenizer files), ``fingerprint.json`` (models.fingerprint) and ``metrics.json``;
-- ``fingerprint``: the backbone fingerprint (sha256 over weights, model config and tokenizer);
+- ``fingerprint``: the backbone fingerprint (sha256 over every file that changes behaviour: weights, configs,
+  tokenizer files; ``models.fingerprint``);
 - ``metrics``: path of ``metrics.json`` (loss curve, final loss, tokens/s, params, MFU on GPU).
 
 The step's version (``modpipe/steps.py``) hashes the model section, the versioned pretrain fields, the DeepSpeed

@@ -69,6 +69,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     )
     from modpipe.pretrain.data import BatchStream, read_rank_rows
     from modpipe.pretrain.ds_config import build_ds_config
+    from modpipe.pretrain.safe_load import guard
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -110,9 +111,14 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
                              "tokens_per_s": None, "ms_per_step": None}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
+        # Nothing in the run dir is unpickled: DeepSpeed's files are read with weights_only=True and an allow-list
+        # (safe_load.guard), the run state is JSON, and the tag comes from it (DeepSpeed's `latest` file is not read).
+        guard(engine)
         with checkpoint.as_directory() as ckpt_dir:
-            engine.load_checkpoint(os.path.join(ckpt_dir, DS_DIR))
             state = json.loads(Path(ckpt_dir, STATE_FILE).read_text())
+            loaded, _ = engine.load_checkpoint(os.path.join(ckpt_dir, DS_DIR), tag=f"step{int(state['step'])}")
+        if loaded is None:
+            raise RuntimeError(f"checkpoint {checkpoint.path} holds no DeepSpeed state for step {state['step']}")
         state["resumed_from"] = state["step"]
         log.info("resumed from step %d", state["step"])
 

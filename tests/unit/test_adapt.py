@@ -271,7 +271,7 @@ def test_task_fingerprint_follows_the_versioned_fields(tmp_path):
 
     base = fp()
     same = ["adapt.tasks=[x]", "adapt.cpus_per_worker=2", "adapt.gpus_per_worker=0.5", "adapt.max_failures=3",
-            "adapt.task_retries=0", 'adapt.methods={"other": "full"}', "adapt.ia3.target_modules=[q_proj]",
+            "adapt.task_retries=0", 'adapt.methods={"other": "full"}', "adapt.ia3.target_modules=[q_proj, down_proj]",
             "adapt.bottleneck.reduction_factor=4", 'adapt.method_lr={"full": 0.1}']
     changed = ["adapt.method=ia3", 'adapt.methods={"t": "bottleneck"}', "adapt.head=mlp", "adapt.lora.r=4",
                "adapt.freeze.policy=top_k", "adapt.train_fraction=0.5", "adapt.lr=0.01",

@@ -167,6 +167,18 @@ def test_pretrain_trains_exports_and_reuses(ray_local, tmp_path):
     assert again["backbone"] == out["backbone"] and again["fingerprint"] == out["fingerprint"]
     assert json.loads(Path(again["metrics"]).read_text())["resumed_from_step"] == 6
 
+    # A pickle planted in the run dir's latest checkpoint (in place of DeepSpeed's model states): the resume reads
+    # it with weights_only=True and stops, naming the file; the payload never runs (DeepSpeed's own load would).
+    from test_integrity import plant
+
+    (states,) = sorted(work.glob("ray/backbone/checkpoint_*/ds/step6/mp_rank_00_model_states.pt"))[-1:]
+    marker = tmp_path / "pwned"
+    plant(states, marker)
+    shutil.rmtree(backbone)
+    with pytest.raises(pretrain.PretrainError, match="refused to load a checkpoint file"):
+        pretrain.train(cfg, curated, backbone, work)
+    assert not marker.exists()
+
 
 def test_tampered_shard_is_refused_before_training(tmp_path):
     from modpipe.pretrain import _read_inputs
