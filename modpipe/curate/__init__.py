@@ -102,7 +102,8 @@ def _tasks(w: Work, harvest: dict, cfg: PipelineConfig, normalized: bool) -> tup
         df = _read_parquets(w.normalized, ["id", "text"])
         texts = dict(zip(df["id"], df["text"]))
     else:
-        texts = {r["id"]: apply_steps(r["text"], list(cfg.curate.normalize), r.get("markup")) for r in records}
+        markup = hv.MARKUP.get(harvest["kind"])
+        texts = {r["id"]: apply_steps(r["text"], list(cfg.curate.normalize), markup) for r in records}
     task_list = tk.build_tasks([{**r, "text": texts.get(r["id"], "")} for r in records], cfg, harvest["kind"])
     (w.root / ".tmp" / "tasks").mkdir(parents=True)
     summary = tk.write_tasks(task_list, w.root / ".tmp" / "tasks")
@@ -153,6 +154,13 @@ def _tokenizer(w: Work, c) -> str:
     return w.tokenizer.read_text(encoding="utf-8")
 
 
+def _markup(raw: dict) -> str | None:
+    """The raw corpus's markup, decided by the reader that made it (its kind), never by its records' fields."""
+    from modpipe.curate.harvest import MARKUP
+
+    return MARKUP.get(raw["kind"])
+
+
 def run(cfg: PipelineConfig, ctx: StepContext) -> dict[str, Any]:
     """Curate into ``ctx.out``, resuming from what ``ctx.work`` holds; see the module docstring."""
     from modpipe.curate import passes
@@ -170,7 +178,7 @@ def run(cfg: PipelineConfig, ctx: StepContext) -> dict[str, Any]:
         log.info("curate: resuming from %s", ctx.work)
 
     with w.timed("normalize"):  # 2. read + normalize, per shard
-        passes.normalize_pass(w, c, cfg.corpus.max_record_bytes)
+        passes.normalize_pass(w, c, cfg.corpus.max_record_bytes, _markup(raw))
     with w.timed("tasks"):  # 3. tasks, from the man harvest's normalised text
         task_list, tasks_summary = _tasks(w, harvest, cfg, normalized=cfg.corpus.source != "files")
     with w.timed("dedup_filter"):  # 4. global exact + MinHash dedup -> 5. the filter chain, per shard

@@ -3,7 +3,7 @@
 tasks/, docs/, tokenizer/, shards/   hard links to the work dir's files (no copy; the work dir stays whole until
                                      the executor has renamed the outputs into place, so a kill loses nothing)
 quarantine/quarantine.jsonl          the user's rejected files/lines (ingest, in file order), then every shard's
-                                     rejected rows
+                                     rejected rows (streamed: never held in memory)
 manifest.json                        rows, tokens and sha256 per token shard, tokenizer, tasks (``shards``)
 stats.json                           per-step in/out/removed by reason (the steps' merged ``base.Stats``), corpus
 timings.json                         seconds per pass and what a resumed attempt skipped (not compared: timing)
@@ -23,28 +23,34 @@ from typing import Any
 
 from modpipe import lineage
 from modpipe.curate.base import Stats
+from modpipe.curate.normalize import NormalizeText
 from modpipe.curate.passes import Work
 from modpipe.curate.readers import RAW_REASONS
 
 log = logging.getLogger("modpipe.curate")
 
 LINKED = ("tasks", "docs", "tokenizer", "shards")
+NORMALIZE_REASONS = NormalizeText.reasons
 
 
-def ingest_rejects(raw: dict) -> list[dict]:
-    path = Path(raw["raw_dir"]) / "quarantine.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+def ingest_counts(raw: dict) -> Counter:
+    """Rejected files/lines of the user's input by reason (the raw step's stats)."""
+    return Counter(json.loads(Path(raw["stats"]).read_text()).get("rejected_by_reason", {}))
 
 
-def _write_quarantine(out: Path, w: Work, rejects: list[dict]) -> None:
+def _write_quarantine(out: Path, w: Work, raw: dict) -> None:
     (out / "quarantine").mkdir()
+    ingest = Path(raw["raw_dir"]) / "quarantine.jsonl"
     with open(out / "quarantine" / "quarantine.jsonl", "w", encoding="utf-8") as fh:
-        for r in rejects:  # bad files/lines of the user's input, in file order
-            fh.write(json.dumps({"step": "ingest", "id": None, **r}, ensure_ascii=False) + "\n")
+        if ingest.is_file():
+            with open(ingest, encoding="utf-8") as src:
+                for line in src:  # bad files/lines of the user's input, in file order, one at a time
+                    if line.strip():
+                        fh.write(json.dumps({"step": "ingest", "id": None, **json.loads(line)},
+                                            ensure_ascii=False) + "\n")
         for q in w.quarantine:
-            fh.write(q.read_text(encoding="utf-8"))
+            with open(q, encoding="utf-8") as src:
+                shutil.copyfileobj(src, fh)
 
 
 def _step_row(name: str, reasons: tuple[str, ...], s: dict[str, Any] | None) -> dict[str, Any]:
@@ -56,16 +62,17 @@ def _step_row(name: str, reasons: tuple[str, ...], s: dict[str, Any] | None) -> 
             "removed_by_reason": {r: by.get(r, 0) for r in names}}
 
 
-def step_rows(chain: list, stats: Stats, rejects: list[dict], pii: Counter) -> list[dict]:
-    """read, normalize, then the chain's steps in order (pii with its replacement counts)."""
+def step_rows(chain: list, stats: Stats, ingest: Counter, pii: Counter) -> list[dict]:
+    """read, normalize, then the chain's steps in order (pii with its replacement counts); ``ingest``: the user's
+    records/files rejected before the raw parts were written, by reason."""
     merged = stats.as_dict()
     read = merged.get("read", {"removed_by_reason": {}})
     rows = [_step_row("read", tuple(sorted(set(RAW_REASONS) | set(read["removed_by_reason"]))), merged.get("read")),
-            _step_row("normalize", ("empty_text",), merged.get("normalize"))]
-    if rejects:  # the user's records/files rejected before the raw parts were written
-        row, ingest = rows[0], Counter(r["reason"] for r in rejects)
-        row["in"] += len(rejects)
-        row["removed"] += len(rejects)
+            _step_row("normalize", NORMALIZE_REASONS, merged.get("normalize"))]
+    if ingest:
+        row, n = rows[0], sum(ingest.values())
+        row["in"] += n
+        row["removed"] += n
         row["removed_by_reason"] = dict(Counter(row["removed_by_reason"]) + ingest)  # (zero counts drop out)
     for step in chain:
         rows.append(_step_row(step.name, tuple(step.reasons), merged.get(step.name)))
@@ -124,12 +131,11 @@ def assemble(out: Path, w: Work, cfg, raw: dict, harvest: dict, chain: list, tas
     for sub in LINKED:
         (w.root / sub).mkdir(exist_ok=True)
         shutil.copytree(w.root / sub, out / sub, copy_function=os.link)
-    rejects = ingest_rejects(raw)
-    _write_quarantine(out, w, rejects)
+    _write_quarantine(out, w, raw)
     stats, pii, n_kept = shard_stats(w)
     manifest, n_doc_tokens = _manifest(out, w, c, tasks_summary, n_kept, raw["kind"])
     total = manifest["total_tokens"]
-    rows = step_rows(chain, stats, rejects, pii)
+    rows = step_rows(chain, stats, ingest_counts(raw), pii)
     n_quarantined = sum(r["removed"] for r in rows)  # the ingest rejects are in read's
     report = {
         **_sources(raw, harvest, cfg.run_path), "shards": len(w.parts),

@@ -1,25 +1,30 @@
 """Raw corpus steps: each writes JSONL parts (id, text, source, section, language) under ``<run_dir>/raw/``.
 
 - ``harvest_man``: the embedded default corpus, offline from ``corpus.man_root``.  English pages from
-  ``manN/`` for ``corpus.sections``, translated pages from ``<lang>/manN/``.  Symlinks (aliases) and ``.so``
-  stubs are skipped.  Selection is
+  ``manN/`` for ``corpus.sections``, translated pages from ``<lang>/manN/``.  Symlinks (aliases of pages, or of
+  folders) and ``.so`` stubs are skipped as the aliases they are, so nothing outside the man root is read;
+  anything not a regular file (a fifo, a socket, a device) is skipped unopened, and every page is read through
+  ``guard`` with the corpus caps (``max_record_bytes`` on its text, ``max_file_bytes``, the decompressed-size and
+  ratio caps, ``read_timeout_s``); skipped pages are counted by reason in ``stats.json``.  Selection is
   deterministic: pages in order of sha256(relative path), at most ``max_docs_per_cluster`` per command-name
   prefix (man1 holds ~16.6k ``gcloud*`` pages), at most ``max_docs_per_section`` per English section and
   ``max_docs_per_language`` per language folder.  Pages are kept as troff source (records carry
   ``markup: "troff"``): raw/ is the corpus as found, and markup stripping is the ``troff`` normalisation step
-  of curate (``curate.normalize``), which a user can turn off.  A missing man root, or fewer than ``corpus.min_pages``
-  pages, falls back to ``harvest_pydocs``.
+  of curate (``curate.normalize``), which a user can turn off.  Which markup a raw corpus holds is decided by the
+  reader that made it (``MARKUP``, by kind), never by a field of the records: user records are never troff.
+  A missing man root, or fewer than ``corpus.min_pages`` pages, falls back to ``harvest_pydocs``.
 - ``harvest_pydocs``: docstrings of a fixed list of side-effect-free stdlib modules (records carry
   ``package``, the label of the ``py_package`` task).
 - ``ingest_files``: ``corpus.source = files``: the user's files (local or fsspec URLs; JSONL plain/.gz/.zst,
-  Parquet, .txt) through ``readers``; bad files/lines go to the step's quarantine.jsonl, good records on.
+  Parquet, .txt) through ``readers``; bad files/lines go to the step's quarantine.jsonl as they come (nothing is
+  held in memory but the ids seen), good records on; warnings are one line per file and reason.
 
 Every step dir holds ``part-NNNNN.jsonl``, ``quarantine.jsonl`` and ``stats.json``.
 """
 
 from __future__ import annotations
 
-import gzip
+import functools
 import hashlib
 import importlib
 import inspect
@@ -36,14 +41,18 @@ from typing import Any, Iterable
 
 from modpipe import lineage
 from modpipe.config import PipelineConfig
-from modpipe.curate import readers
+from modpipe.curate import guard, readers
 
 log = logging.getLogger("modpipe.curate")
 
-HARVEST_VERSION = 2
+HARVEST_VERSION = 3
 """Part of every raw step's fingerprint: bump it when the records a harvest writes change for the same input (a
-comment or a refactor changes nothing, so it keeps the cache; ``readers.READERS_VERSION`` covers the readers)."""
+comment or a refactor changes nothing, so it keeps the cache; ``readers.READERS_VERSION`` covers the readers).
+3: man pages read through ``guard`` with the corpus caps (non-regular entries skipped unopened); ingest streams
+its quarantine and rejects records that cannot be written."""
 ENGLISH = "en"
+MARKUP = {"man": "troff"}
+"""The markup of each raw corpus kind (the ``troff`` normalisation step runs on the man harvest only)."""
 
 
 @dataclass(frozen=True)
@@ -86,10 +95,12 @@ def list_pages(root: Path, sections: list[int]) -> tuple[dict[str, list[Page]], 
         for d, lang in dirs:
             section = d.name[3:]
             for f in os.scandir(d.path):
-                if f.is_symlink():
+                if f.is_symlink():  # an alias of another page (or a link out of the root): skipped
                     counts["symlink"] += 1
                     continue
-                if not f.is_file():
+                if not f.is_file(follow_symlinks=False):
+                    if not f.is_dir(follow_symlinks=False):  # a fifo, socket or device: never opened
+                        counts["not_regular_file"] += 1
                     continue
                 rel = os.path.relpath(f.path, root)
                 page = Page(Path(f.path), rel, section, lang, _page_name(f.name))
@@ -98,14 +109,25 @@ def list_pages(root: Path, sections: list[int]) -> tuple[dict[str, list[Page]], 
     return english, translated, counts
 
 
-def read_page(page: Page) -> tuple[str | None, str, str]:
-    """(troff source or None, encoding, skip reason): None for .so stubs, unreadable or empty pages."""
+def _page_bytes(page: Page, limits: guard.Limits, roots: tuple[str, ...], max_bytes: int) -> bytes:
+    """The page's (decompressed) bytes through ``guard``; raises ``guard.Refused`` past ``max_bytes``."""
+    with guard.open_file(str(page.path), roots, limits) as fh:
+        data = guard.decompressed(fh, page.path.name, fh.raw.meter).read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise guard.Refused("record_too_large", f"more than max_record_bytes={max_bytes} bytes")
+    return data
+
+
+def read_page(page: Page, limits: guard.Limits = guard.Limits(), roots: tuple[str, ...] = (),
+              max_bytes: int = readers.MAX_RECORD_BYTES) -> tuple[str | None, str, str]:
+    """(troff source or None, encoding, skip reason): None for .so stubs, unreadable, refused or empty pages."""
+    import zlib
+
     try:
-        with open(page.path, "rb") as fh:
-            data = fh.read()
-        if page.path.name.endswith(".gz"):
-            data = gzip.decompress(data)
-    except (OSError, EOFError) as e:
+        data = _page_bytes(page, limits, roots, max_bytes)
+    except guard.Refused as e:
+        return None, "", f"{e.reason}: {e.detail}"
+    except (OSError, EOFError, zlib.error) as e:
         return None, "", f"invalid_gzip: {e}"
     if data.lstrip().startswith(b".so "):
         return None, "", "so_stub"
@@ -119,8 +141,9 @@ def read_page(page: Page) -> tuple[str | None, str, str]:
     return src, enc, ""
 
 
-def select(pages: list[Page], cap: int, per_cluster: int, counts: Counter) -> list[dict]:
-    """Deterministic pick: sha256 order, cluster cap, then the first ``cap`` pages that read to text."""
+def select(pages: list[Page], cap: int, per_cluster: int, counts: Counter, read=read_page) -> list[dict]:
+    """Deterministic pick: sha256 order, cluster cap, then the first ``cap`` pages that read to text
+    (``read(page)``: ``read_page`` with the corpus caps)."""
     out: list[dict] = []
     clusters: Counter = Counter()
     for page in sorted(pages, key=lambda p: p.order):
@@ -129,7 +152,7 @@ def select(pages: list[Page], cap: int, per_cluster: int, counts: Counter) -> li
         if clusters[page.cluster] >= per_cluster:
             counts["cluster_capped"] += 1
             continue
-        text, enc, why = read_page(page)
+        text, enc, why = read(page)
         if text is None:
             counts[why.split(":")[0]] += 1
             continue
@@ -151,8 +174,8 @@ def _listing_digest(root: Path, sections: list[int]) -> str:
     return h.hexdigest()[:16]
 
 
-def write_parts(out: Path, records: Iterable[dict], per_file: int) -> list[str]:
-    """JSONL parts part-00000.jsonl ... of ``per_file`` records each."""
+def write_parts(out: Path, records: Iterable[dict | str], per_file: int) -> list[str]:
+    """JSONL parts part-00000.jsonl ... of ``per_file`` records each (a record, or its JSON line)."""
     paths, fh, n = [], None, 0
     for rec in records:
         if fh is None or n >= per_file:
@@ -161,7 +184,7 @@ def write_parts(out: Path, records: Iterable[dict], per_file: int) -> list[str]:
             path = out / f"part-{len(paths):05d}.jsonl"
             paths.append(str(path))
             fh, n = open(path, "w", encoding="utf-8"), 0
-        fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        fh.write((rec if isinstance(rec, str) else json.dumps(rec, ensure_ascii=False)) + "\n")
         n += 1
     if fh:
         fh.close()
@@ -182,6 +205,31 @@ def _result(path: Path) -> dict[str, Any]:
             "quarantine": str(path / "quarantine.jsonl"), "stats": str(path / "stats.json")}
 
 
+_CAPS = ("max_record_bytes", "max_file_bytes", "read_timeout_s", "max_decompressed_bytes", "max_compression_ratio")
+"""``corpus`` fields that bound what one input file may cost (part of every raw step's fingerprint)."""
+
+
+def _pages(root: Path, c, counts: Counter, english: dict, translated: dict) -> tuple[list[dict], dict[str, int]]:
+    """(the selected pages' records, pages per section/language folder); ``c``: ``CorpusConfig``."""
+    read = functools.partial(read_page, limits=readers.limits_of(c), roots=(os.path.realpath(root),),
+                             max_bytes=c.max_record_bytes)
+    records: list[dict] = []
+    per_group: dict[str, int] = {}
+    for section in sorted(english, key=lambda s: (len(s), s)):
+        got = select(english[section], c.max_docs_per_section, c.max_docs_per_cluster, counts, read)
+        per_group[f"{ENGLISH}/man{section}"] = len(got)
+        records.extend(got)
+        log.info("harvest: man%s: %d of %d pages", section, len(got), len(english[section]))
+    for lang in sorted(translated):
+        got = select(translated[lang], c.max_docs_per_language, c.max_docs_per_cluster, counts, read)
+        per_group[lang] = len(got)
+        records.extend(got)
+    log.info("harvest: %d translated pages in %d language folders", sum(per_group[k] for k in translated),
+             len(translated))
+    records.sort(key=lambda r: r["id"])
+    return records, per_group
+
+
 def harvest_man(cfg: PipelineConfig) -> dict[str, Any]:
     """Harvest the man corpus (or the pydocs fallback); returns raw_dir, kind ('man' or 'pydocs'), records."""
     c = cfg.corpus
@@ -190,7 +238,7 @@ def harvest_man(cfg: PipelineConfig) -> dict[str, Any]:
         log.warning("harvest: man root %s does not exist; falling back to Python stdlib docstrings", root)
         return harvest_pydocs(cfg, reason=f"man root {root} missing")
     fields = {k: getattr(c, k) for k in ("man_root", "sections", "max_docs_per_section", "max_docs_per_language",
-                                         "max_docs_per_cluster", "min_pages")}
+                                         "max_docs_per_cluster", "min_pages", *_CAPS)}
     fields["docs_per_file"] = cfg.curate.docs_per_file  # the parts are curate's shards
     fp = lineage.fingerprint("harvest", HARVEST_VERSION, fields, _listing_digest(root, c.sections))
     step = lineage.StepDir(cfg.run_path / "raw", "harvest", fp)
@@ -204,20 +252,7 @@ def harvest_man(cfg: PipelineConfig) -> dict[str, Any]:
         return harvest_pydocs(cfg, reason=stats.get("fallback_reason", "too few pages"))
     t0 = time.perf_counter()
     english, translated, counts = list_pages(root, c.sections)
-    records: list[dict] = []
-    per_group: dict[str, int] = {}
-    for section in sorted(english, key=lambda s: (len(s), s)):
-        got = select(english[section], c.max_docs_per_section, c.max_docs_per_cluster, counts)
-        per_group[f"{ENGLISH}/man{section}"] = len(got)
-        records.extend(got)
-        log.info("harvest: man%s: %d of %d pages", section, len(got), len(english[section]))
-    for lang in sorted(translated):
-        got = select(translated[lang], c.max_docs_per_language, c.max_docs_per_cluster, counts)
-        per_group[lang] = len(got)
-        records.extend(got)
-    log.info("harvest: %d translated pages in %d language folders", sum(per_group[k] for k in translated),
-             len(translated))
-    records.sort(key=lambda r: r["id"])
+    records, per_group = _pages(root, c, counts, english, translated)
     stats = {"kind": "man", "records": len(records), "per_group": per_group, "counts": dict(counts),
              "seconds": round(time.perf_counter() - t0, 2),
              "latin1_pages": sum(r["encoding"] == "latin-1" for r in records)}
@@ -314,49 +349,112 @@ def harvest_pydocs(cfg: PipelineConfig, reason: str = "") -> dict[str, Any]:
 # --- user files ------------------------------------------------------------------------------------------------
 
 
+class Quarantine:
+    """Rejected files/records streamed to a ``quarantine.jsonl`` as they come, counted by reason; names that are
+    not text (undecodable bytes) are written backslash-escaped."""
+
+    def __init__(self, path: Path):
+        self._fh = open(path, "w", encoding="utf-8", errors="backslashreplace")
+        self.by_reason: Counter = Counter()
+
+    def add(self, row: dict) -> None:
+        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.by_reason[row["reason"]] += 1
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _digests(files: list, limits: guard.Limits) -> tuple[list, list[tuple[str, str, str]], list[dict]]:
+    """(files whose bytes could be read, their (url, rel, sha256), rejects of the others: refused or unreadable)."""
+    kept, digests, rejects = [], [], []
+    for f in files:
+        try:
+            digests.append((f.url, f.rel, readers.file_digest(f, limits)))
+            kept.append(f)
+        except guard.Refused as e:
+            rejects.append(readers.reject(f.url, None, e.reason, e.detail))
+        except Exception as e:  # noqa: BLE001 - one file's failure never stops the others
+            rejects.append(readers.reject(f.url, None, "unreadable_file", f"{type(e).__name__}: {e}"))
+    summary = readers.RejectLog()
+    for r in rejects:
+        summary.add(r)
+    summary.flush()
+    return kept, digests, rejects
+
+
+def _ingest_row(row: dict, seen: set, q: Quarantine, warn: readers.RejectLog) -> str | None:
+    """A reader's row -> its raw JSON line, or None when it is quarantined (a reject, a duplicate id, a record
+    that cannot be written as UTF-8 JSON)."""
+    if readers.is_reject(row):
+        q.add(row)
+        return None
+    bad = None
+    if row["id"] in seen:
+        bad = readers.reject(row["source"], row["line"], "duplicate_id", f"id {row['id']!r}")
+    else:
+        row.setdefault("section", None)
+        row.setdefault("language", None)
+        try:
+            line = json.dumps(row, ensure_ascii=False)
+            line.encode("utf-8")
+        except Exception as e:  # noqa: BLE001 - one record never stops the stage
+            bad = readers.reject(row["source"], row["line"], "record_error", f"{type(e).__name__}: {e}")
+    if bad is not None:
+        q.add(bad)
+        warn.add(bad)
+        return None
+    seen.add(row["id"])
+    return line
+
+
+def _ingest_lines(files: list, c, limits: guard.Limits, q: Quarantine, counts: Counter) -> Iterable[str]:
+    """Every good record of the files as a raw JSON line (only the ids are held in memory)."""
+    seen: set = set()
+    for k, f in enumerate(files):
+        n, warn = 0, readers.RejectLog()
+        for row in readers.read_input(f, c.text_field, c.id_field, c.max_record_bytes, limits=limits):
+            line = _ingest_row(row, seen, q, warn)
+            if line is not None:
+                n += 1
+                yield line
+        warn.flush()
+        counts["records"] += n
+        log.info("ingest: [%d/%d] %s: %d records", k + 1, len(files), f.url, n)
+
+
 def ingest_files(cfg: PipelineConfig) -> dict[str, Any]:
-    """``corpus.source = files``: read the user's files (read-only) into raw JSONL + quarantine."""
+    """``corpus.source = files``: read the user's files (read-only, through ``guard``) into raw JSONL +
+    quarantine."""
     c = cfg.corpus
-    files, path_rejects = readers.list_inputs(c.paths)
+    limits = readers.limits_of(c)
     if not c.paths:
         log.warning("ingest: corpus.source=files but corpus.paths is empty")
-    digests = [(f.url, f.rel, readers.file_digest(f)) for f in files]
+    files, rejects = readers.list_inputs(c.paths, limits)
+    files, digests, refused = _digests(files, limits)
+    rejects += refused
     fields = {"paths": c.paths, "text_field": c.text_field, "id_field": c.id_field,
-              "max_record_bytes": c.max_record_bytes, "docs_per_file": cfg.curate.docs_per_file}
+              "docs_per_file": cfg.curate.docs_per_file, **{k: getattr(c, k) for k in _CAPS}}
     fp = lineage.fingerprint("files", HARVEST_VERSION, readers.READERS_VERSION, fields, digests,
-                             [r["source"] for r in path_rejects])
+                             [[r["source"], r["reason"]] for r in rejects])
     step = lineage.StepDir(cfg.run_path / "raw", "files", fp)
     if step.done():
         log.info("ingest: reusing %s", step.path)
         return _result(step.path)
-    rejects, seen, n_records = list(path_rejects), set(), 0
-
-    def records():  # streamed into the parts: only the ids are held in memory
-        nonlocal n_records
-        for k, f in enumerate(files):
-            n = 0
-            for row in readers.read_input(f, c.text_field, c.id_field, c.max_record_bytes):
-                if readers.is_reject(row):
-                    rejects.append(row)
-                    continue
-                if row["id"] in seen:
-                    rejects.append(readers.reject(row["source"], row["line"], "duplicate_id", f"id {row['id']!r}"))
-                    continue
-                seen.add(row["id"])
-                row.setdefault("section", None)
-                row.setdefault("language", None)
-                n += 1
-                yield row
-            n_records += n
-            log.info("ingest: [%d/%d] %s: %d records", k + 1, len(files), f.url, n)
-
+    counts: Counter = Counter()
     with step.building(config=fields, inputs={"files": digests}) as tmp:
-        write_parts(tmp, records(), cfg.curate.docs_per_file)
-        stats = {"kind": "files", "records": n_records, "files": len(files), "rejected": len(rejects),
-                 "rejected_by_reason": dict(Counter(r["reason"] for r in rejects))}
-        _finish(tmp, [], rejects, stats, cfg.curate.docs_per_file)
-    if rejects:
-        log.warning("ingest: %d record(s)/file(s) quarantined: %s", len(rejects), stats["rejected_by_reason"])
+        q = Quarantine(tmp / "quarantine.jsonl")
+        try:
+            for r in rejects:
+                q.add(r)
+            write_parts(tmp, _ingest_lines(files, c, limits, q, counts), cfg.curate.docs_per_file)
+        finally:
+            q.close()
+        stats = {"kind": "files", "records": counts["records"], "files": len(files),
+                 "rejected": sum(q.by_reason.values()), "rejected_by_reason": dict(q.by_reason)}
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
+    if stats["rejected"]:
+        log.warning("ingest: %d record(s)/file(s) quarantined: %s", stats["rejected"], stats["rejected_by_reason"])
     return _result(step.path)
 
 

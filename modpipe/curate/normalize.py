@@ -2,13 +2,15 @@
 
 Steps (``curate.normalize`` lists them by name, applied in that order; drop a name to turn a step off):
 
-troff          troff/man markup stripped (``troff.strip_troff``), only on records marked ``markup: troff``
-               (the man harvest keeps the pages' troff source in raw/; user text is never read as troff)
+troff          troff/man markup stripped (``troff.strip_troff``), only where the reader that made the raw corpus
+               says it is troff (``harvest.MARKUP``: the man harvest keeps the pages' troff source in raw/); user
+               text is never read as troff, whatever its fields say
 nfc            Unicode NFC
 control_chars  newlines unified (CRLF/CR -> LF); control and invisible format characters removed (NUL included)
 whitespace     runs of blanks collapsed, blanks around newlines and 3+ newlines trimmed, ends stripped
 
-``NormalizeText(names)`` is the step of the normalize pass (blank results are ``empty_text``).
+``NormalizeText(names, markup)`` is the step of the normalize pass (blank results are ``empty_text``; a record
+whose normalisation raises is removed as ``normalize_error``, the others go on).
 ``normalize(text)`` = nfc -> control_chars -> whitespace (what tasks and contracts use).  ``text_key``: sha256
 of the whitespace-collapsed, lower-cased text, the same notion of "the same example" the contracts use for split
 overlap (``contracts.datasets.text_hash``); exact dedup, task splitting and decontamination all use it.
@@ -65,7 +67,7 @@ STEPS: dict[str, Callable[[str], str]] = {"troff": troff, "nfc": nfc, "control_c
 """Named normalisation steps (``curate.normalize``); the config validates names against ``NORMALIZE_STEPS``."""
 assert tuple(STEPS) == NORMALIZE_STEPS, "config_curate.NORMALIZE_STEPS must list the steps of curate.normalize"
 MARKUP_STEPS = {"troff": "troff"}
-"""Steps that apply only to records whose ``markup`` field names them."""
+"""Steps that apply only to text of the markup they name (``apply_steps``' ``markup``)."""
 
 
 def normalize(text: str) -> str:
@@ -91,21 +93,27 @@ def apply_steps(text: str, names: list[str], markup: str | None = None) -> str:
 
 @dataclass
 class NormalizeText(Step):
-    """The text of every alive row through the named steps (``markup``, when the frame has it, gates the markup
-    steps); rows left blank are removed as ``empty_text``."""
+    """The text of every alive row through the named steps; ``markup``: what the whole shard is written in, as
+    its reader says (``harvest.MARKUP``; never a column of the data), gates the markup steps.  Rows left blank are
+    removed as ``empty_text``, rows whose normalisation raises as ``normalize_error``."""
 
     steps: list[str]
+    markup: str | None = None
     name: str = "normalize"
-    reasons: tuple[str, ...] = ("empty_text",)
+    reasons: tuple[str, ...] = ("empty_text", "normalize_error")
 
     def apply(self, df: pd.DataFrame, alive: np.ndarray) -> pd.DataFrame:
-        markup = df["markup"].to_numpy() if "markup" in df else np.full(len(df), None)
         texts = df["text"].to_numpy().copy()
+        failed: dict[int, str] = {}
         for pos in np.flatnonzero(alive):
-            texts[pos] = apply_steps(texts[pos], self.steps, markup[pos])
+            try:
+                texts[pos] = apply_steps(texts[pos], self.steps, self.markup)
+            except Exception as e:  # noqa: BLE001 - one record never stops the shard
+                texts[pos], failed[int(pos)] = "", f"{type(e).__name__}: {e}"[:500]
         df = df.assign(text=texts)
-        empty = np.flatnonzero(alive & (df["text"].to_numpy() == ""))
-        return flag(df, empty, "empty_text", ["blank after normalisation"] * len(empty))
+        empty = [p for p in np.flatnonzero(alive & (df["text"].to_numpy() == "")) if int(p) not in failed]
+        df = flag(df, empty, "empty_text", ["blank after normalisation"] * len(empty))
+        return flag(df, list(failed), "normalize_error", list(failed.values()))
 
 
 def text_key(text: str) -> str:

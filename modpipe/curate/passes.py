@@ -161,29 +161,31 @@ def row_schema():
 
 
 def read_rows(part: str, max_bytes: int) -> pd.DataFrame:
-    """Every record and reader reject of a raw part as rows: id, text, source, line, reason, detail, step, markup
-    (a reject: reason set, step ``read``)."""
-    from modpipe.curate import readers
+    """Every record and reader reject of a raw part (modpipe's own file: no caps but ``max_bytes``) as rows: id,
+    text, source, line, reason, detail, step (a reject: reason set, step ``read``)."""
+    from modpipe.curate import guard, readers
 
     rows = []
-    for r in readers.read_file(part, "text", "id", keep_origin=True, max_bytes=max_bytes):
+    for r in readers.read_file(part, "text", "id", keep_origin=True, max_bytes=max_bytes, limits=guard.UNLIMITED):
         line = r.get("line")
         line = int(line) if isinstance(line, int) and not isinstance(line, bool) else -1
         if readers.is_reject(r):
-            rows.append(("", "", str(r["source"]), line, r["reason"], r["detail"], "read", None))
+            rows.append(("", "", str(r["source"]), line, r["reason"], r["detail"], "read"))
         else:
-            rows.append((str(r["id"]), r["text"], str(r["source"]), line, "", "", "", r.get("markup")))
-    return pd.DataFrame(rows, columns=[*ROW_COLUMNS[:7], "markup"])
+            rows.append((str(r["id"]), r["text"], str(r["source"]), line, "", "", ""))
+    return pd.DataFrame(rows, columns=ROW_COLUMNS[:7])
 
 
-def normalize_shard(item: dict[str, Any], steps: list[str], max_bytes: int, minhash=None) -> dict[str, Any]:
-    """Raw part -> normalized rows + the read/normalize stats; ``minhash``: ``CurateConfig.minhash`` or None."""
+def normalize_shard(item: dict[str, Any], steps: list[str], max_bytes: int, minhash=None,
+                    markup: str | None = None) -> dict[str, Any]:
+    """Raw part -> normalized rows + the read/normalize stats; ``minhash``: ``CurateConfig.minhash`` or None;
+    ``markup``: the raw corpus's markup (``harvest.MARKUP``), never a field of its records."""
     from modpipe.curate.normalize import NormalizeText, count_words, text_key
 
     stats = Stats()
     df = read_rows(item["part"], max_bytes)
     stats.add("read", len(df), Counter(df.loc[df["reason"] != "", "reason"].tolist()))
-    df = NormalizeText(steps).run(df, stats)
+    df = NormalizeText(steps, markup).run(df, stats)
     df["n_chars"] = np.array([len(t) for t in df["text"]], dtype=np.int64)
     df["n_words"] = np.array([count_words(t) for t in df["text"]], dtype=np.int64)
     df["key"] = [text_key(t) if t else "" for t in df["text"]]
@@ -198,13 +200,13 @@ def normalize_shard(item: dict[str, Any], steps: list[str], max_bytes: int, minh
     return {"index": item["index"], "rows": len(df), "rejected": int((df["reason"] != "").sum())}
 
 
-def normalize_pass(w: Work, c, max_bytes: int) -> None:
-    """``c``: ``CurateConfig``; ``max_bytes``: ``corpus.max_record_bytes``."""
+def normalize_pass(w: Work, c, max_bytes: int, markup: str | None = None) -> None:
+    """``c``: ``CurateConfig``; ``max_bytes``: ``corpus.max_record_bytes``; ``markup``: the raw corpus's."""
     todo = w.pending("normalize", w.normalized)
     items = [{"index": w.index[k], "part": str(w.parts[k]), "out": str(w.normalized[k]),
               "stats": str(w.normalize_stats[k])} for k in todo]
     run_pass("normalize", items, normalize_shard, c.parallelism, w.skipped["normalize"], steps=list(c.normalize),
-             max_bytes=max_bytes, minhash=c.minhash if c.minhash.enabled else None)
+             max_bytes=max_bytes, minhash=c.minhash if c.minhash.enabled else None, markup=markup)
 
 
 # --- filter ----------------------------------------------------------------------------------------------------

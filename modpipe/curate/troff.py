@@ -7,12 +7,27 @@ lay out text (``.PP``, ``.RS``, ``.sp``, ``.in`` ...) become paragraph or line b
 definitions (``.de`` ... ``..``), ignored blocks (``.ig``), comments and index entries (``.IX``) vanish;
 conditionals are evaluated as nroff would (``n`` true, ``t`` false, string comparisons honoured, anything
 numeric false); ``.ds`` strings are defined and ``\\*(xx`` interpolates them.
+
+Bounded on any input (the page source is user data when ``corpus.man_root`` points at someone else's files): time
+is linear in the source and the text is at most a few times its length.  An escape's argument is at most
+``MAX_ARG`` characters (an unclosed ``\\[`` or ``\\w'`` does not scan the rest of its line again for every
+backslash), a string holds at most ``MAX_STRING`` characters, conditionals nest at most ``MAX_NESTING`` deep on
+one line, and a page may add at most ``2 * len(source)`` characters by interpolation (``\\*`` strings, a bare
+mdoc ``.Nm``; ``Budget``): past that an interpolation gives nothing, so string doubling stops growing.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+
+MAX_ARG = 256
+"""Longest argument of an escape (``\\[name]``, ``\\w'...'``, ``\\f[...]`` ...; the longest on the 21k pages of
+/usr/share/man: 105): a longer one is not an escape, and no escape looks further."""
+MAX_STRING = 1024
+"""Longest ``.ds``/``.as`` string (the longest on /usr/share/man: 199 characters); longer ones are cut."""
+MAX_NESTING = 16
+"""Conditionals nested on one line (``.if n .if n ...``; on /usr/share/man: 2) beyond this drop the line."""
 
 # \(xx and \[name] glyphs (groff_char(7)); unknown names render as nothing.
 GLYPHS = {
@@ -45,21 +60,36 @@ SIMPLE = {"-": "-", "e": "\\", "\\": "\\", "E": "\\", "&": "", "|": "", "^": "",
 
 _ESC = re.compile(
     r"""\\(?:
-      f(?:\[[^\]\n]*\]|\(..|.)              # font change
-    | s(?:[+-]?\(\d\d|\([+-]?\d\d|\[[^\]\n]*\]|'[^'\n]*'|[+-]?\d)  # size change
+      f(?:\[[^\]\n]{0,ARG}\]|\(..|.)              # font change
+    | s(?:[+-]?\(\d\d|\([+-]?\d\d|\[[^\]\n]{0,ARG}\]|'[^'\n]{0,ARG}'|[+-]?\d)  # size change
     | \((?P<g2>..)                          # \(xx glyph
-    | \[(?P<gb>[^\]\n]*)\]                  # \[name] glyph
-    | \*(?:\((?P<s2>..)|\[(?P<sb>[^\]\n]*)\]|(?P<s1>.))  # string interpolation
-    | [nkgFmMVY](?:[+-]?\(..|[+-]?\[[^\]\n]*\]|[+-]?.)  # registers, marks, fonts families, colours
-    | (?P<qn>[NC])(?P<qd>.)(?P<qa>.*?)(?P=qd)  # \N'123', \C'name'
-    | [hvwoLlDXZbxRSHAB](?P<d>.).*?(?P=d)     # drawing/motion/width/etc. with delimited argument
-    | \$(?:\*|@|\d|\(\d\d|\[[^\]\n]*\])       # macro arguments (outside a definition: nothing)
-    | "\S*.*$                                  # comment to end of line
+    | \[(?P<gb>[^\]\n]{0,ARG})\]                  # \[name] glyph
+    | \*(?:\((?P<s2>..)|\[(?P<sb>[^\]\n]{0,ARG})\]|(?P<s1>.))  # string interpolation
+    | [nkgFmMVY](?:[+-]?\(..|[+-]?\[[^\]\n]{0,ARG}\]|[+-]?.)  # registers, marks, fonts families, colours
+    | (?P<qn>[NC])(?P<qd>.)(?P<qa>.{0,ARG}?)(?P=qd)  # \N'123', \C'name'
+    | [hvwoLlDXZbxRSHAB](?P<d>.).{0,ARG}?(?P=d)     # drawing/motion/width/etc. with delimited argument
+    | \$(?:\*|@|\d|\(\d\d|\[[^\]\n]{0,ARG}\])       # macro arguments (outside a definition: nothing)
+    | "\S*.*$                                  # comment to end of line (consumed: no rescan)
     | \#.*$
     | (?P<c>.)
-    )""",
+    )""".replace("ARG", str(MAX_ARG)),
     re.X | re.M,
 )
+
+
+class Budget:
+    """What a page may still add by interpolation (``room`` characters) and the work done on it so far
+    (``work``: characters handed to each line, render and string definition: linear in the source)."""
+
+    def __init__(self, room: int):
+        self.room = room
+        self.work = 0
+
+    def take(self, value: str) -> str:
+        """``value``, cut to the room left (nothing once it is used up)."""
+        value = value[:max(self.room, 0)]
+        self.room -= len(value)
+        return value
 
 
 def _glyph(name: str) -> str:
@@ -79,7 +109,11 @@ def _glyph(name: str) -> str:
     return ""
 
 
-def render_escapes(s: str, strings: dict[str, str]) -> str:
+def render_escapes(s: str, strings: dict[str, str], budget: Budget | None = None) -> str:
+    """Escapes of ``s`` rendered; interpolated strings are charged to ``budget`` (none: unbounded)."""
+    if budget is not None:
+        budget.work += len(s)
+
     def sub(m: re.Match) -> str:
         if m.group("g2") is not None:
             return _glyph(m.group("g2"))
@@ -87,7 +121,8 @@ def render_escapes(s: str, strings: dict[str, str]) -> str:
             return _glyph(m.group("gb"))
         for k in ("s2", "sb", "s1"):
             if m.group(k) is not None:
-                return strings.get(m.group(k), STRINGS.get(m.group(k), ""))
+                value = strings.get(m.group(k), STRINGS.get(m.group(k), ""))
+                return budget.take(value) if budget is not None else value
         if m.group("qn") is not None:
             arg = m.group("qa")
             if m.group("qn") == "N":
@@ -153,9 +188,9 @@ MDOC_CALLABLE = {"Ar", "Cm", "Dv", "Er", "Ev", "Fa", "Ic", "Li", "Nm", "Pa", "Sy
                  "Ux", "Nd", "Sm", "Bk", "Ek"}
 
 
-def _mdoc_words(args: list[str], names: list[str] | None = None) -> str:
+def _mdoc_words(args: list[str], names: list[str] | None = None, budget: Budget | None = None) -> str:
     """Words of an mdoc line: callable macro names vanish, ``Fl x`` -> ``-x``, ``Xr a 1`` -> ``a(1)``,
-    a bare ``Nm`` -> the page's name (the first ``.Nm`` argument), ``Ux`` -> UNIX."""
+    a bare ``Nm`` -> the page's name (the first ``.Nm`` argument; charged to ``budget``), ``Ux`` -> UNIX."""
     out, i = [], 0
     while i < len(args):
         a = args[i]
@@ -172,7 +207,7 @@ def _mdoc_words(args: list[str], names: list[str] | None = None) -> str:
         elif a == "Nm" and names is not None:
             if nxt is None or nxt in MDOC_CALLABLE or not nxt[:1].isalnum():
                 if names:
-                    out.append(names[0])
+                    out.append(budget.take(names[0]) if budget is not None else names[0])
             elif not names:
                 names.append(nxt)
         elif a == "Ux":
@@ -185,7 +220,7 @@ def _mdoc_words(args: list[str], names: list[str] | None = None) -> str:
     return " ".join(out)
 
 
-def _cond(expr: str, strings: dict[str, str]) -> tuple[bool, str]:
+def _cond(expr: str, strings: dict[str, str], budget: Budget | None = None) -> tuple[bool, str]:
     """Evaluate the condition of ``.if``/``.ie`` (nroff semantics); return (value, rest of the line)."""
     s = expr.lstrip()
     neg = s.startswith("!")
@@ -204,8 +239,8 @@ def _cond(expr: str, strings: dict[str, str]) -> tuple[bool, str]:
         d = s[0]
         parts = s[1:].split(d, 2)
         if len(parts) == 3:
-            a = render_escapes(parts[0], strings)
-            b = render_escapes(parts[1], strings)
+            a = render_escapes(parts[0], strings, budget)
+            b = render_escapes(parts[1], strings, budget)
             value, s = a == b, parts[2]
         else:
             s = ""
@@ -226,22 +261,24 @@ DEFINITIONS = {"de", "de1", "am", "ig", "am1", "dei", "ami"}  # skipped up to th
 def _join_continuations(src: str) -> list[str]:
     """Source lines with continuation lines (a trailing unescaped backslash) joined."""
     joined: list[str] = []
-    buf = ""
+    buf: list[str] = []  # (a list: joining n continuation lines stays linear)
     for ln in src.replace("\r\n", "\n").split("\n"):
         if ln.endswith("\\") and not ln.endswith("\\\\"):
-            buf += ln[:-1]
+            buf.append(ln[:-1])
             continue
-        joined.append(buf + ln)
-        buf = ""
+        joined.append("".join(buf) + ln)
+        buf = []
     if buf:
-        joined.append(buf)
+        joined.append("".join(buf))
     return joined
 
 
 class _Page:
     """The state of one page being read line by line; ``out`` collects output lines, "" = paragraph break."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.depth = 0  # conditionals nested on the current line
         self.strings: dict[str, str] = {}  # .ds strings
         self.out: list[str] = []
         self.nofill = False
@@ -261,9 +298,10 @@ class _Page:
             self.out.append("")
 
     def render(self, s: str) -> str:
-        return render_escapes(s, self.strings)
+        return render_escapes(s, self.strings, self.budget)
 
     def line(self, line: str) -> None:
+        self.budget.work += len(line)
         if self._skipped(line) or (self.table and self._table_line(line)):
             return
         line = line.replace("\\}", "")
@@ -281,7 +319,7 @@ class _Page:
             self.request(m.group(1), m.group(2))
 
     def _skipped(self, line: str) -> bool:
-        """Inside a false \{ ... \} block (count braces only) or a definition / ignored block."""
+        r"""Inside a false \{ ... \} block (count braces only) or a definition / ignored block."""
         if self.skip_depth:
             self.skip_depth = max(0, self.skip_depth + line.count("\\{") - line.count("\\}"))
             return True
@@ -317,11 +355,11 @@ class _Page:
         return True
 
     def conditional(self, name: str, rest: str) -> None:
-        """.if / .ie / .el: the rest of the line (or a \{ ... \} block) when the condition holds."""
+        r""".if / .ie / .el: the rest of the line (or a \{ ... \} block) when the condition holds."""
         if name == "el":
             value, tail = not self.last_ie, rest
         else:
-            value, tail = _cond(rest, self.strings)
+            value, tail = _cond(rest, self.strings, self.budget)
             if name == "ie":
                 self.last_ie = value
         tail = tail.lstrip()
@@ -333,8 +371,12 @@ class _Page:
                 self.skip_depth = 1 + tail.count("\\{") - tail.count("\\}")
             return
         tail = tail.lstrip()
-        if tail:
-            self.line(tail)
+        if tail and self.depth < MAX_NESTING:
+            self.depth += 1
+            try:
+                self.line(tail)
+            finally:
+                self.depth -= 1
 
     def define(self, name: str, rest: str) -> None:
         """.de & co (skipped up to their end marker) and .ds/.as (strings, stored rendered)."""
@@ -348,7 +390,9 @@ class _Page:
             val = parts[1] if len(parts) > 1 else ""
             if val.startswith('"'):
                 val = val[1:]
-            self.strings[parts[0]] = (self.strings.get(parts[0], "") if name == "as" else "") + self.render(val)
+            value = (self.strings.get(parts[0], "") if name == "as" else "") + self.render(val)
+            self.strings[parts[0]] = value[:MAX_STRING]
+            self.budget.work += len(self.strings[parts[0]])
 
     def layout(self, name: str, rest: str) -> bool:
         """Requests that only lay out text (tables, headings, fill mode, breaks); True when ``name`` is one."""
@@ -387,13 +431,13 @@ class _Page:
                 self.emit(self.render(args[0]))
         elif name == "It":
             self.para()
-            self.emit(self.render(_mdoc_words(_split_args(rest), self.names)))
+            self.emit(self.render(_mdoc_words(_split_args(rest), self.names, self.budget)))
         elif name in MDOC_CALLABLE and name not in ("Sm", "Bk", "Ek"):
-            self.emit(self.render(_mdoc_words([name, *_split_args(rest)], self.names)))
+            self.emit(self.render(_mdoc_words([name, *_split_args(rest)], self.names, self.budget)))
         elif name in JOINED:
             self.emit(self.render("".join(_split_args(rest))))
         elif name in SPACED:
-            self.emit(self.render(_mdoc_words(_split_args(rest), self.names)))
+            self.emit(self.render(_mdoc_words(_split_args(rest), self.names, self.budget)))
 
     def text(self) -> str:
         """Fill: lines inside a paragraph joined (nofill lines were emitted as is; newlines keep them)."""
@@ -410,9 +454,10 @@ class _Page:
         return "\n\n".join("\n".join(p) for p in paras).strip()
 
 
-def strip_troff(src: str) -> str:
-    """Plain text of a manual page source (see the module docstring)."""
-    page = _Page()
+def strip_troff(src: str, budget: Budget | None = None) -> str:
+    """Plain text of a manual page source (see the module docstring); ``budget``: by default
+    ``Budget(2 * len(src))`` (pass one to read its ``work`` afterwards)."""
+    page = _Page(budget if budget is not None else Budget(2 * len(src)))
     for ln in _join_continuations(src):
         page.line(ln)
     return page.text()

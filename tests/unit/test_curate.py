@@ -81,6 +81,66 @@ def test_strip_troff_constructs():
     assert "FOO" not in text and "2024" not in text
 
 
+ADVERSARIAL = {  # generated troff that made the stripper grow without bound or go quadratic (size ~ n)
+    "string_doubling": lambda n: ".ds a xxxxxxxx\n" + ".as a \\*a\n" * (n // 10) + "\\*a\\*a\n" * (n // 10),
+    "interpolation_fanout": lambda n: ".ds a " + "y" * 200 + "\n" + "\\*a" * n + "\n",
+    "append_growth": lambda n: ".as a xxxxxxxxxx\n" * n + "\\*a\n",
+    "mdoc_name_fanout": lambda n: ".Nm " + "n" * 200 + "\n.It " + "Nm " * n + "\n",
+    "unclosed_bracket": lambda n: "\\[" * n + "\n",
+    "unclosed_delimiters": lambda n: "".join("\\h" + chr(0x4E00 + i) for i in range(n)) + "\n",
+    "nested_if": lambda n: ".if n " * n + "x\n",
+    "continuations": lambda n: "word \\\n" * n + "end\n",
+    "comparison_fanout": lambda n: ".ds a " + "z" * 200 + "\n.if '" + "\\*a" * n + "'x' y\n",
+}
+
+
+def test_strip_troff_233_byte_string_doubling():
+    from modpipe.curate.troff import MAX_STRING
+
+    src = ".ds a xxxxxxxx\n" + ".as a \\*a\n" * 20 + "\\*a\n"  # 8.4 M characters on main
+    assert len(src) < 240 and len(strip_troff(src)) <= 2 * len(src) + MAX_STRING
+
+
+@pytest.mark.parametrize("kind", sorted(ADVERSARIAL))
+def test_strip_troff_is_linear_with_bounded_output(kind):
+    """Output at most 3x the source; work (characters handed to each line, render and string definition:
+    ``Budget.work``) linear: 4x the source costs at most ~4x the work, and a bounded multiple of its size."""
+    from modpipe.curate.troff import Budget
+
+    sizes, work = [], []
+    for n in (2000, 8000):
+        src = ADVERSARIAL[kind](n)
+        budget = Budget(2 * len(src))
+        out = strip_troff(src, budget)
+        assert len(out) <= 3 * len(src), (kind, len(src), len(out))
+        assert budget.work <= 70 * len(src), (kind, budget.work, len(src))
+        sizes.append(len(src))
+        work.append(budget.work)
+    assert work[1] / work[0] <= 1.15 * sizes[1] / sizes[0], (kind, sizes, work)
+
+
+# --- markup: decided by the reader, never by the data -------------------------------------------------------------
+
+
+def test_markup_is_the_readers_decision_not_a_field_of_the_data(tmp_path):
+    """A raw part whose record says ``markup: troff`` is read as plain text unless the raw corpus is the man
+    harvest (``harvest.MARKUP`` by kind): a user cannot switch the troff stripper on."""
+    from modpipe.curate import _markup
+    from modpipe.curate.passes import normalize_shard
+
+    part = tmp_path / "part-00000.jsonl"
+    text = ".SH NAME\nuser \\- text\n.B bold"
+    part.write_text(json.dumps({"id": "u", "text": text, "source": "user.jsonl", "line": 1, "markup": "troff"})
+                    + "\n")
+    assert _markup({"kind": "files"}) is None and _markup({"kind": "pydocs"}) is None
+    assert _markup({"kind": "man"}) == "troff"
+    for kind, expected in (("files", ".SH NAME\nuser \\- text\n.B bold"), ("man", "NAME\n\nuser - text\nbold")):
+        item = {"index": 0, "part": str(part), "out": str(tmp_path / f"{kind}.parquet"),
+                "stats": str(tmp_path / f"{kind}.json")}
+        normalize_shard(item, ["troff", "nfc", "control_chars", "whitespace"], 1000, markup=_markup({"kind": kind}))
+        assert pd.read_parquet(item["out"])["text"].tolist() == [expected], kind
+
+
 # --- normalisation steps ----------------------------------------------------------------------------------------
 
 

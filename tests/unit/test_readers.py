@@ -130,3 +130,29 @@ def test_bad_paths_are_rejects(tmp_path, bad):
     files, rejects = readers.list_inputs([str(tmp_path / bad)])
     assert files == [] and rejects[0]["reason"] in {"missing_path", "unsupported_type"}
     assert rejects[0]["source"].endswith(bad)
+
+
+def test_read_records_is_the_one_entry_point(tmp_path):
+    """``read_records(paths, text_field, id_field, *, max_record_bytes, limits)``: every record and reject of
+    every file under the paths, in order; the caps come from the corpus config (``limits_of``)."""
+    from modpipe.config import CorpusConfig
+    from modpipe.curate import guard
+
+    (tmp_path / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + _jsonl(ROWS[:2]))  # a BOM: the first row reads as is
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b"\xef\xbb\xbf" + _jsonl(ROWS[2:3])))
+    (tmp_path / "c.txt").write_bytes(b"\xef\xbb\xbfa note")
+    rows = list(readers.read_records([str(tmp_path), str(tmp_path / "gone.jsonl")], "text", "id",
+                                     max_record_bytes=1000, limits=readers.limits_of(CorpusConfig())))
+    assert [(r["source"].rsplit("/", 1)[-1], r.get("id"), r.get("text") or r["reason"]) for r in rows] == [
+        ("gone.jsonl", None, "missing_path"), ("a.jsonl", "d0", "doc 0"), ("a.jsonl", "d1", "doc 1"),
+        ("b.jsonl.gz", "d2", "doc 2"), ("c.txt", readers.stable_id("c.txt", 1), "a note")]
+    assert readers.limits_of(CorpusConfig()) == guard.Limits()  # one set of defaults
+
+
+@pytest.mark.parametrize("field,value", [("max_record_bytes", -2), ("max_file_bytes", 0), ("read_timeout_s", 0),
+                                         ("max_decompressed_bytes", -1), ("max_compression_ratio", 0.5)])
+def test_caps_are_checked_in_the_config(field, value):
+    from modpipe.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"corpus.{field}"):
+        load_config(None, [f"corpus.{field}={value}"])
