@@ -149,17 +149,16 @@ def _print_run_table(result: dict) -> None:
         for label, value in facts["metrics"]:
             grid.add_row(label, value)
         console.print(grid)
-    pub = result.get("publish") or {}
-    cands = pub.get("candidates") or {}
-    for r in pub.get("registered", []):
+    reg = (facts or {}).get("registry") or {}
+    for r in reg.get("registered", []):
         metric = ", ".join(f"{k} {v:.3f}" for k, v in (r.get("metric") or {}).items())
-        console.print(f"[green]promoted[/green] {r.get('name')} v{r.get('version')}"
-                      + (f" -> {r['alias']}" if r.get("alias") else "")
-                      + f" ({', '.join(x for x in ((cands.get(r['task']) or {}).get('from'), metric) if x)})",
-                      highlight=False)
-    for r in pub.get("rejected", []):
-        console.print(f"[yellow]not published[/yellow] {r.get('task')}: {r.get('reason')}", highlight=False)
-    if ok and not pub:
+        what = "[green]promoted[/green]" if r["promoted"] else "[yellow]stays challenger[/yellow]"
+        console.print(f"{what} {r['name']} v{r['version']}" + (f" -> {r['alias']}" if r.get("alias") else "")
+                      + f" ({', '.join(x for x in (r.get('from'), metric) if x)})"
+                      + ("" if r["promoted"] or not r.get("reason") else f": {r['reason']}"), highlight=False)
+    for r in reg.get("rejected", []):
+        console.print(f"[yellow]refused by the gate[/yellow] {r.get('task')}: {r.get('reason')}", highlight=False)
+    if ok and not reg:
         console.print("promoted: nothing (publish did not run)")
     dd = (result.get("contracts") or {}).get("data_docs")
     if dd:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -64,5 +65,13 @@ def write_run_report(summary: dict[str, Any], out_path: str | Path) -> str:
 
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(collect(summary, run_dir_of(out))))
+    try:
+        page = render(collect(summary, run_dir_of(out)))
+    except Exception as err:  # noqa: BLE001 - a report bug must not fail the run it reports on
+        logging.getLogger("modpipe.report").exception("run report not rendered; writing the bare summary")
+        page = (f"<!doctype html><meta charset='utf-8'><title>modpipe run {html.escape(str(summary.get('run_id')))}"
+                f"</title><h1>modpipe run: {html.escape(str(summary.get('outcome')))}</h1><p>report not rendered: "
+                f"{html.escape(f'{type(err).__name__}: {err}')}</p><pre>"
+                f"{html.escape(json.dumps(summary, indent=2, default=str))}</pre>")
+    out.write_text(page)
     return str(out)

@@ -166,14 +166,16 @@ def contracts(summary: dict[str, Any], records: dict[str, dict], paths: RunPaths
     datasets = []
     for d in record.get("datasets", []):
         exps = d.get("expectations") or []
-        failed = [{"severity": "error" if f.get("severity") == STOPS else f.get("severity"), "expectation": f.get("type"), "column": f.get("column"),
-                   "detail": describe(f)} for f in d.get("errors", []) + d.get("warnings", [])]
+        failed = [{"severity": "error" if f.get("severity") == STOPS else f.get("severity"),
+                   "expectation": f.get("type"), "column": f.get("column"), "detail": describe(f)}
+                  for f in d.get("errors", []) + d.get("warnings", [])]
         asset = asset_name(d["data"])
         datasets.append({"data": d["data"], "asset": asset, "suite": d["suite"], "success": d.get("success"),
                          "rows": d.get("rows_validated"), "rows_total": d.get("rows_total"),
                          "passed": sum(bool(e.get("success")) for e in exps), "evaluated": len(exps),
                          "errors": len(d.get("errors", [])), "warnings": len(d.get("warnings", [])),
-                         "failed": failed, "page": paths.rel(pages.get(asset) or pages.get(_safe(d["data"]))), "notes": d.get("notes") or []})
+                         "failed": failed, "page": paths.rel(pages.get(asset) or pages.get(_safe(d["data"]))),
+                         "notes": d.get("notes") or []})
     structural = [{"severity": "error", "data": e.get("data"), "detail": paths.scrub(e.get("exception"))}
                   for e in record.get("structural_errors", [])]
     return {"success": record.get("success"), "counts": record.get("counts") or {}, "datasets": datasets,
@@ -199,8 +201,10 @@ def pretrain(out: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def modules(summary: dict[str, Any], paths: RunPaths, pretrain_version: str | None) -> list[dict[str, Any]] | None:
     """Per task, the module publish takes (tune's best trial where tuned, else adapt's): test metrics,
-    trainable %, the classical baseline and full fine-tuning where a transfer result on the same backbone has
-    them, calibration bins and the confusion matrix from its test predictions."""
+    trainable %, calibration bins and the confusion matrix from its test predictions; beside it the classical
+    baseline (the baseline step's TF-IDF + LR, with a paired bootstrap of the macro-F1 difference on the same
+    test rows; else an external baseline of a transfer result on the same backbone) and full fine-tuning (a
+    transfer result on the same backbone)."""
     adapt = summary.get("adapt") or {}
     tuned = (summary.get("tune") or {}).get("modules") or {}
     chosen = {t: ("adapt", d) for t, d in (adapt.get("modules") or {}).items()}
@@ -218,18 +222,41 @@ def modules(summary: dict[str, Any], paths: RunPaths, pretrain_version: str | No
         m = read_json(Path(mdir) / "metrics.json") or {}
         manifest = read_json(Path(mdir) / "module.json") or {}
         labels = list(manifest.get("labels") or [])
-        row = {"task": task, "from": origin, "dir": paths.rel(mdir), "method": m.get("method") or manifest.get("method"),
+        row = {"task": task, "from": origin, "dir": paths.rel(mdir),
+               "method": m.get("method") or manifest.get("method"),
                **{k: m.get(k) for k in MODULE_METRICS}, "trainable_pct": m.get("trainable_pct"),
                "train_seconds": m.get("train_seconds"), "n_test": m.get("n_test"), "labels": labels,
-               "confusion": m.get("test_confusion"), "reliability": _reliability(Path(mdir) / "test_predictions.parquet"),
+               "confusion": m.get("test_confusion"),
+               "reliability": _reliability(Path(mdir) / "test_predictions.parquet"),
                "baseline": None, "full": None}
         for r in transfer.get(task, []):
             if r.get("method") == "full" and r.get("train_fraction") in (1.0, None):
                 row["full"] = {k: r.get(k) for k in ("test_accuracy", "test_macro_f1", "trainable_pct")}
             elif "external" in str(r.get("method")):
                 row["baseline"] = {"name": r["method"], **{k: r.get(k) for k in ("test_accuracy", "test_macro_f1")}}
+        row["baseline"] = _baseline(summary.get("baseline"), task, Path(mdir)) or row["baseline"]
         rows.append(row)
     return rows
+
+
+def _baseline(out: dict[str, Any] | None, task: str, module_dir: Path) -> dict[str, Any] | None:
+    """The baseline step's TF-IDF + LR on ``task`` (majority beside it) and module minus baseline test macro-F1
+    with its 95% paired-bootstrap interval over the test rows both predicted (``baseline.compare``)."""
+    b = (read_json((out or {}).get("baselines")) or {}).get(task) or {}
+    lr = b.get("tfidf_lr")
+    if not lr:
+        return None
+    row = {"name": "TF-IDF + LR", "test_accuracy": lr.get("test_accuracy"), "test_macro_f1": lr.get("test_macro_f1"),
+           "majority_macro_f1": (b.get("majority") or {}).get("test_macro_f1"), "delta": None}
+    preds = Path(((out or {}).get("tasks") or {}).get(task, "")) / str(lr.get("predictions", ""))
+    if preds.is_file() and (module_dir / "test_predictions.parquet").is_file():
+        try:
+            from modpipe.baseline import compare
+
+            row["delta"] = compare(module_dir / "test_predictions.parquet", preds)
+        except Exception:  # noqa: BLE001 - no comparison is "not computed", not a broken report
+            pass
+    return row
 
 
 def _transfer_rows(run_dir: Path, pretrain_version: str | None) -> dict[str, list[dict]]:
@@ -288,19 +315,26 @@ def tune(out: dict[str, Any] | None) -> dict[str, Any] | None:
             "epochs": best.get("epochs"), "stopped_early": best.get("stopped_early")}
 
 
-def registry(out: dict[str, Any] | None, paths: RunPaths) -> dict[str, Any] | None:
+def registry(out: dict[str, Any] | None, paths: RunPaths, record: dict[str, Any] | None = None) -> dict | None:
+    """Registered versions (promoted: took the champion alias; else challenger, with the decision's reason),
+    candidates the gate refused and why; the alias names from the publish step's recorded config."""
     if not out:
         return None
     cands = out.get("candidates") or {}
+    pcfg = ((record or {}).get("config") or {}).get("publish") or {}
+    champion = pcfg.get("alias") or "champion"
     registered = [{"task": r["task"], "name": r.get("name"), "version": r.get("version"), "alias": r.get("alias"),
                    "new": r.get("new"), "from": (cands.get(r["task"]) or {}).get("from"),
-                   "metric": r.get("metric") or {}} for r in out.get("registered", [])]
+                   "metric": r.get("metric") or {}, "promoted": r.get("alias") == champion,
+                   "moved": (r.get("decision") or {}).get("moved", True),
+                   "reason": paths.scrub((r.get("decision") or {}).get("reason"))}
+                  for r in out.get("registered", [])]
     rejected = [{"task": r["task"], "reason": paths.scrub(r.get("reason")),
                  "from": (cands.get(r["task"]) or {}).get("from")} for r in out.get("rejected", [])]
     uri = str(out.get("tracking_uri") or "")
     if uri.startswith("sqlite:///"):
         uri = f"{paths.rel(uri.removeprefix('sqlite://'))} (sqlite)"
-    return {"registered": registered, "rejected": rejected, "tracking_uri": uri or None,
+    return {"registered": registered, "rejected": rejected, "tracking_uri": uri or None, "champion_alias": champion,
             "record": paths.rel(out.get("record"))}
 
 
@@ -331,7 +365,9 @@ def headline(summary: dict[str, Any], records: dict[str, dict], paths: RunPaths,
         "seconds": summary.get("seconds"), "config_fingerprint": _config_fingerprint(records),
         "git_commit": git_commit(), "versions": library_versions(),
         "promoted": [f"{r['name']} v{r['version']}" + (f" ({r['alias']})" if r.get("alias") else "")
-                     for r in reg.get("registered", [])],
+                     for r in reg.get("registered", []) if r["promoted"]],
+        "challengers": [f"{r['name']} v{r['version']}" + (f" ({r['alias']})" if r.get("alias") else "")
+                        for r in reg.get("registered", []) if not r["promoted"]],
         "rejected": len(reg.get("rejected", [])),
     }
 
@@ -358,8 +394,7 @@ def metrics_line(facts: dict[str, Any]) -> list[tuple[str, str]]:
     c = facts.get("contracts")
     if c:
         n = c["counts"]
-        out.append(("data contracts", f"{_plural(n.get('datasets', 0), 'dataset')} · "
-                                      f"{_plural(n.get('errors', 0), 'error')} · {_plural(n.get('warnings', 0), 'warning')}"))
+        out.append(("data contracts", " · ".join(_plural(n.get(k + "s", 0), k) for k in ("dataset", "error", "warning"))))
     p = facts.get("pretrain")
     if p and p.get("final_loss") is not None:
         tps = f" · {_num(p['tokens_per_s'])} tokens/s" if p.get("tokens_per_s") else ""
@@ -368,7 +403,9 @@ def metrics_line(facts: dict[str, Any]) -> list[tuple[str, str]]:
         if m.get("failed"):
             out.append((m["task"], "failed"))
         elif m.get("test_macro_f1") is not None:
-            out.append((m["task"], f"macro-F1 {m['test_macro_f1']:.3f} · acc {m['test_accuracy']:.3f} · "
+            base = m.get("baseline") or {}
+            vs = f" (baseline {base['test_macro_f1']:.3f})" if base.get("test_macro_f1") is not None else ""
+            out.append((m["task"], f"macro-F1 {m['test_macro_f1']:.3f}{vs} · acc {m['test_accuracy']:.3f} · "
                                    f"{m['trainable_pct']:.2g}% trainable"))
     t = facts.get("tune")
     if t:
@@ -399,7 +436,7 @@ def collect(summary: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         "pretrain": pretrain(summary.get("pretrain")),
         "modules": modules(summary, paths, ((summary.get("steps") or {}).get("pretrain") or {}).get("version")),
         "tune": tune(summary.get("tune")),
-        "registry": registry(summary.get("publish"), paths),
+        "registry": registry(summary.get("publish"), paths, records.get("publish")),
     }
     facts["failure"] = failure(summary, records, paths)
     facts["headline"] = headline(summary, records, paths, facts)

@@ -57,7 +57,8 @@ def timeline(rows: list[dict[str, Any]]) -> bytes:
     ax.set_xlim(0, total * 1.12)
     ax.set_xlabel("seconds since the run started")
     handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[s]) for s in ("ran", "reused", "failed")]
-    ax.legend(handles, ["ran", "reused (already built)", "failed"], loc="upper right", fontsize=8, frameon=False)
+    ax.legend(handles, ["ran", "reused (already built)", "failed"], loc="lower left", bbox_to_anchor=(0, 1.0),
+              ncol=3, fontsize=8, frameon=False)
     return _png(fig)
 
 
@@ -84,6 +85,10 @@ def funnel(f: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
+def _dots(points: list) -> str | None:
+    return "." if len(points) < 30 else None  # a short curve shows its points
+
+
 def pretrain(p: dict[str, Any]) -> bytes:
     """Loss per step (train; held-out when recorded) and throughput per step."""
     from matplotlib.ticker import MaxNLocator
@@ -91,7 +96,7 @@ def pretrain(p: dict[str, Any]) -> bytes:
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(WIDTH, 3.0))
     if p["train_curve"]:
-        a.plot(*zip(*p["train_curve"]), color=COLORS["train"], label="train", marker="." if len(p["train_curve"]) < 30 else None)
+        a.plot(*zip(*p["train_curve"]), color=COLORS["train"], label="train", marker=_dots(p["train_curve"]))
     if p["heldout_curve"]:
         a.plot(*zip(*p["heldout_curve"]), color=COLORS["heldout"], label="held-out", marker="o")
     a.set_title("loss")
@@ -100,7 +105,7 @@ def pretrain(p: dict[str, Any]) -> bytes:
     a.legend(frameon=False, fontsize=8, title=None if p["heldout_curve"] else "held-out: not computed",
              title_fontsize=8)
     if p["tokens_per_s_curve"]:
-        b.plot(*zip(*p["tokens_per_s_curve"]), color=COLORS["tps"], marker="." if len(p["tokens_per_s_curve"]) < 30 else None)
+        b.plot(*zip(*p["tokens_per_s_curve"]), color=COLORS["tps"], marker=_dots(p["tokens_per_s_curve"]))
     b.set_title("tokens/s")
     b.set_xlabel("step")
     b.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -121,11 +126,15 @@ def module_scores(rows: list[dict[str, Any]]) -> bytes:
         ax.barh(y - 0.17, r["test_accuracy"], height=0.32, color="#9ecae9", label="accuracy" if i == 0 else None)
         ax.text(r["test_macro_f1"] + 0.01, y + 0.17, f"{r['test_macro_f1']:.3f}", va="center", fontsize=8)
         ax.text(r["test_accuracy"] + 0.01, y - 0.17, f"{r['test_accuracy']:.3f}", va="center", fontsize=8)
-        for key, marker, color, name in (("baseline", "D", "#333333", "classical baseline (macro-F1)"),
-                                         ("full", "|", COLORS["heldout"], "full fine-tuning (macro-F1)")):
-            if r.get(key) and r[key].get("test_macro_f1") is not None:
-                ax.plot(r[key]["test_macro_f1"], y + 0.17, marker=marker, color=color, markersize=9, mew=2,
-                        linestyle="none", label=name if not any(rr.get(key) for rr in rows[:i]) else None)
+        marks = (("baseline", "test_macro_f1", "D", "#333333", "classical baseline (macro-F1)"),
+                 ("baseline", "majority_macro_f1", "x", "#888888", "majority class (macro-F1)"),
+                 ("full", "test_macro_f1", "|", COLORS["heldout"], "full fine-tuning (macro-F1)"))
+        for key, field, marker, color, name in marks:
+            value = (r.get(key) or {}).get(field)
+            if value is not None:
+                first = not any((rr.get(key) or {}).get(field) is not None for rr in rows[:i])
+                ax.plot(value, y + 0.17, marker=marker, color=color, markersize=9, mew=2, linestyle="none",
+                        label=name if first else None)
     ax.set_yticks(range(len(rows)), [f"{r['task']}\n{r.get('method') or ''} ({r['from']})" for r in reversed(rows)])
     ax.set_xlim(0, 1.08)
     ax.set_xlabel("test split")

@@ -18,6 +18,8 @@ from typing import Any, Callable
 from modpipe.report import figures
 
 NOT_COMPUTED = "not computed"
+ERROR_LINES = 12
+"""Lines of a failed run's error shown at once; the rest is one click away."""
 
 CSS = """
 :root{--ok:#1a7f37;--bad:#c62828;--warn:#9a6700;--muted:#5f6b7a;--line:#e3e6ea}
@@ -98,14 +100,15 @@ def _figure(draw: Callable[[], bytes], alt: str) -> str:
 
 
 def _fmt(v: Any) -> str:
-    """Numbers as a table shows them: 3 decimals, thousands separated, tiny values in e-notation."""
+    """Numbers as a table shows them: 3 decimals below 10, 1 up to 1000, thousands separated above, tiny values
+    in e-notation."""
     if v is None:
         return "–"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
         a = abs(v)
-        return (f"{v:,.0f}" if a >= 1000 else f"{v:.1f}" if a >= 100 else f"{v:.3f}" if a >= 0.01 or a == 0
+        return (f"{v:,.0f}" if a >= 1000 else f"{v:.1f}" if a >= 10 else f"{v:.3f}" if a >= 0.01 or a == 0
                 else f"{v:.2e}")
     if isinstance(v, int):
         return f"{v:,}"
@@ -127,7 +130,8 @@ def _table(cols: list[tuple[str, str]], rows: list[dict[str, Any]], raw: tuple[s
         cells = []
         for k, _ in cols:
             v = r.get(k)
-            cls = " class=n" if isinstance(v, (int, float)) and not isinstance(v, bool) else " class=wrap" if k in wrap else ""
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            cls = " class=n" if number else " class=wrap" if k in wrap else ""
             cells.append(f"<td{cls}>{v if k in raw else esc(_fmt(v))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<div class=scroll><table><tr>{head}</tr>{''.join(body)}</table></div>"
@@ -146,10 +150,16 @@ def _not_computed(facts: dict[str, Any], step: str) -> str:
     if row is None:
         return f"{NOT_COMPUTED}: {step} is not among this run's steps"
     if row["state"] == "not run":
-        return f"{NOT_COMPUTED}: the run stopped at {failed} before {step}" if failed else f"{NOT_COMPUTED}: {step} did not run"
+        return f"{NOT_COMPUTED}: " + (f"the run stopped at {failed} before {step}" if failed else f"{step} did not run")
     if row["state"] == "failed":
         return f"{NOT_COMPUTED}: {step} failed (see above)"
     return f"{NOT_COMPUTED}: {step} recorded no such data"
+
+
+def _missing(sid: str, title: str, facts: dict[str, Any], step: str) -> str:
+    """A section the run has no data for: it stays, and says why."""
+    why = _not_computed(facts, step)
+    return _section(sid, title, esc(why), f"<p class=nc>{esc(why)}</p>")
 
 
 # ---------------------------------------------------------------------------------------------------- sections
@@ -159,7 +169,7 @@ def _headline(facts: dict[str, Any]) -> str:
     h = facts["headline"]
     ok = h["outcome"] == "succeeded"
     promoted = ", ".join(esc(p) for p in h["promoted"]) or "nothing"
-    items = [("run id", h["run_id"]), ("started", h["started"]), ("total time", f"{_fmt(h['seconds'])} s"),
+    items = [("run id", h["run_id"]), ("started", h["started"]), ("total time", f"{h['seconds'] or 0:.1f} s"),
              ("config fingerprint", h["config_fingerprint"] or "–"), ("git commit", (h["git_commit"] or "–")[:12]),
              ("steps", " · ".join(f"{sum(r['state'] == s for r in facts['timeline'])} {s}"
                                   for s in ("ran", "reused", "failed", "not run")
@@ -167,9 +177,10 @@ def _headline(facts: dict[str, Any]) -> str:
              ("run dir", h["run_dir"]), ("promoted", f"{len(h['promoted'])} module(s)")]
     dl = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(str(v))}</dd></div>" for k, v in items)
     versions = " · ".join(f"{k} {v}" for k, v in h["versions"].items())
-    rejected = f" · {h['rejected']} not published (see Registry)" if h.get("rejected") else ""
-    return (f"<header class='head{'' if ok else ' failed'}'><h1>modpipe run <span class=badge>{esc(h['outcome'])}</span>"
-            f"</h1><dl class=facts>{dl}</dl><div class=promoted><b>Promoted:</b> {promoted}{esc(rejected)}</div>"
+    rejected = "".join(f" · {n} {what} (see Registry)" for n, what in (
+        (len(h.get("challengers") or []), "stay challenger"), (h.get("rejected"), "refused by the gate")) if n)
+    return (f"<header class='head{'' if ok else ' failed'}'><h1>modpipe run "
+            f"<span class=badge>{esc(h['outcome'])}</span></h1><dl class=facts>{dl}</dl><div class=promoted><b>Promoted:</b> {promoted}{esc(rejected)}</div>"
             f"<div class=versions>{esc(versions)}</div></header>")
 
 
@@ -188,8 +199,14 @@ def _failure(facts: dict[str, Any]) -> str:
                                                             ("severity", "severity"), ("detail", "expectation")],
                                                            rows, wrap=("detail",))
                  + f"<p class=note>Data Docs: {_link(c['data_docs'], 'index of this run’s validations')}</p>")
-    tb = f"<details><summary>traceback</summary><pre>{esc(f['traceback'])}</pre></details>" if f.get("traceback") else ""
-    return (f"<section class=why><h2>What failed: {esc(f['step'] or 'the run')}</h2><pre>{esc(f['error'] or '')}</pre>"
+    tb = f"<details><summary>traceback</summary><pre>{esc(f['traceback'])}</pre></details>" \
+        if f.get("traceback") else ""
+    lines = (f["error"] or "").splitlines()
+    message = f"<pre>{esc(chr(10).join(lines[:ERROR_LINES]))}</pre>"
+    if len(lines) > ERROR_LINES:  # e.g. Ray's OOM report: the first lines say what happened, the rest on demand
+        message += (f"<details><summary>the whole message ({len(lines)} lines)</summary>"
+                    f"<pre>{esc(f['error'])}</pre></details>")
+    return (f"<section class=why><h2>What failed: {esc(f['step'] or 'the run')}</h2>{message}"
             f"{extra}<p class=note>Failed attempt kept in {_link(f['record'])}; fix the cause, then rerun with "
             f"<code>--force</code>.</p>{tb}</section>")
 
@@ -204,9 +221,9 @@ def _tiles(facts: dict[str, Any]) -> str:
 def _timeline(facts: dict[str, Any]) -> str:
     rows = facts["timeline"]
     n = {s: sum(r["state"] == s for r in rows) for s in ("ran", "reused", "failed", "not run")}
-    sub = " · ".join(f"{v} {k}" for k, v in n.items() if v) + f" · {_fmt(facts['headline']['seconds'])} s in all"
+    sub = " · ".join(f"{v} {k}" for k, v in n.items() if v) + f" · {facts['headline']['seconds'] or 0:.1f} s in all"
     sub += f" · failed at {facts['failure']['step']}" if facts.get("failure") else ""
-    table_rows = [{**r, "dir": _link(r["dir"]), "built": (f"run {r['built_by']} ({_fmt(r['built_seconds'])} s)"
+    table_rows = [{**r, "dir": _link(r["dir"]) if r["dir"] else "", "built": (f"run {r['built_by']} ({_fmt(r['built_seconds'])} s)"
                                                           if r.get("built_by") else "")} for r in rows]
     body = _figure(lambda: figures.timeline(rows), "stage timeline") + _table(
         [("step", "step"), ("state", "state"), ("seconds", "seconds"), ("version", "version"),
@@ -217,7 +234,7 @@ def _timeline(facts: dict[str, Any]) -> str:
 def _funnel(facts: dict[str, Any]) -> str:
     f = facts["funnel"]
     if not f:
-        return _section("curation", "Curation funnel", _not_computed(facts, "curate"), f"<p class=nc>{_not_computed(facts, 'curate')}</p>")
+        return _missing("curation", "Curation funnel", facts, "curate")
     biggest = max(f["steps"], key=lambda s: s["removed"] or 0, default=None)
     q = f.get("quarantine") or {}
     sub = f"{_fmt(f['docs_in'])} → {_fmt(f['docs_out'])} docs"
@@ -252,8 +269,7 @@ def _funnel(facts: dict[str, Any]) -> str:
 def _contracts(facts: dict[str, Any]) -> str:
     c = facts["contracts"]
     if not c:
-        return _section("contracts", "Data contracts", _not_computed(facts, "contracts"),
-                        f"<p class=nc>{_not_computed(facts, 'contracts')}</p>")
+        return _missing("contracts", "Data contracts", facts, "contracts")
     n = c["counts"]
     passed = sum(d["passed"] for d in c["datasets"])
     total = sum(d["evaluated"] for d in c["datasets"])
@@ -282,8 +298,7 @@ def _contracts(facts: dict[str, Any]) -> str:
 def _pretrain(facts: dict[str, Any]) -> str:
     p = facts["pretrain"]
     if not p:
-        return _section("pretrain", "Pretraining", _not_computed(facts, "pretrain"),
-                        f"<p class=nc>{_not_computed(facts, 'pretrain')}</p>")
+        return _missing("pretrain", "Pretraining", facts, "pretrain")
     sub = (f"loss {_fmt(p['initial_loss'])} → {_fmt(p['final_loss'])} over {_fmt(p['steps'])} steps · "
            f"{_fmt(p['tokens_per_s'])} tokens/s")
     body = _figure(lambda: figures.pretrain(p), "pretraining loss and throughput")
@@ -296,14 +311,26 @@ def _pretrain(facts: dict[str, Any]) -> str:
     return _section("pretrain", "Pretraining", esc(sub), body)
 
 
+def _vs_baseline(r: dict[str, Any]) -> str:
+    """Module minus classical baseline, test macro-F1, with its 95% paired-bootstrap interval; red when the module
+    is worse beyond noise, green when better beyond noise."""
+    d = (r.get("baseline") or {}).get("delta")
+    if not d:
+        return f"<span class=nc>{NOT_COMPUTED}</span>"
+    cls = "bad" if d["high"] < 0 else "ok" if d["low"] > 0 else ""
+    return f"<span class='{cls}'>{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]</span>"
+
+
 def _modules(facts: dict[str, Any]) -> str:
     rows = facts["modules"]
     if not rows:
-        return _section("modules", "Modules per task", _not_computed(facts, "adapt"),
-                        f"<p class=nc>{_not_computed(facts, 'adapt')}</p>")
+        return _missing("modules", "Modules per task", facts, "adapt")
     good = [r for r in rows if not r.get("failed")]
     best = max(good, key=lambda r: r.get("test_macro_f1") or 0, default=None)
-    sub = _plural(len(good), "module") + (f" · best macro-F1 {_fmt(best['test_macro_f1'])} ({best['task']})" if best else "")
+    sub = _plural(len(good), "module")
+    sub += f" · best macro-F1 {_fmt(best['test_macro_f1'])} ({best['task']})" if best else ""
+    beaten = [r for r in good if ((r.get("baseline") or {}).get("delta") or {}).get("high", 0) < 0]
+    sub += f" · {len(beaten)} worse than the classical baseline" if beaten else ""
     sub += f" · {len(rows) - len(good)} failed" if len(rows) > len(good) else ""
     nc = f"<span class=nc>{NOT_COMPUTED}</span>"
 
@@ -312,20 +339,20 @@ def _modules(facts: dict[str, Any]) -> str:
             f" ({r[key]['name']})" if r[key].get("name") else ""))
 
     table = [{**r, "dir": _link(r.get("dir"), r["from"]) if r.get("dir") else "", "baseline": other(r, "baseline"),
-              "full": other(r, "full"), "failed": r.get("failed") or ""} for r in rows]
-    body = _table([("task", "task"), ("dir", "module (from)"), ("method", "method"), ("test_accuracy", "accuracy"),
-                   ("test_macro_f1", "macro-F1"), ("test_auroc_ovr", "AUROC"), ("test_ece", "ECE"),
-                   ("trainable_pct", "trainable %"), ("train_seconds", "train s"),
-                   ("baseline", "classical baseline"), ("full", "full fine-tuning"), ("failed", "failed")]
-                  if any(r.get("failed") for r in rows) else
-                  [("task", "task"), ("dir", "module (from)"), ("method", "method"), ("test_accuracy", "accuracy"),
-                   ("test_macro_f1", "macro-F1"), ("test_auroc_ovr", "AUROC"), ("test_ece", "ECE"),
-                   ("trainable_pct", "trainable %"), ("train_seconds", "train s"),
-                   ("baseline", "classical baseline"), ("full", "full fine-tuning")],
-                  table, raw=("dir", "baseline", "full"), wrap=("failed",))
-    if not any(r.get("baseline") or r.get("full") for r in good):
-        body += ("<p class=note>classical baseline and full fine-tuning: not computed for this backbone "
-                 "(<code>modpipe transfer</code> trains them; its results show here when present)</p>")
+              "vs": _vs_baseline(r), "full": other(r, "full"), "failed": r.get("failed") or ""} for r in rows]
+    cols = [("task", "task"), ("dir", "module (from)"), ("method", "method"), ("test_accuracy", "accuracy"),
+            ("test_macro_f1", "macro-F1"), ("test_auroc_ovr", "AUROC"), ("test_ece", "ECE"),
+            ("trainable_pct", "trainable %"), ("train_seconds", "train s"), ("baseline", "classical baseline"),
+            ("vs", "module − baseline [95% CI]"), ("full", "full fine-tuning")]
+    cols += [("failed", "failed")] if len(good) < len(rows) else []
+    body = _table(cols, table, raw=("dir", "baseline", "vs", "full"), wrap=("failed",))
+    notes = []
+    if not any(r.get("baseline") for r in good):
+        notes.append("classical baseline: not computed (the <code>baseline</code> step did not run)")
+    if not any(r.get("full") for r in good):
+        notes.append("full fine-tuning: not computed for this backbone (<code>modpipe transfer</code> trains it; "
+                     "its result shows here when present)")
+    body += "".join(f"<p class=note>{n}</p>" for n in notes)
     if good:
         body += _figure(lambda: figures.module_scores(rows), "test scores per task")
     for r in good:
@@ -338,7 +365,7 @@ def _modules(facts: dict[str, Any]) -> str:
 def _tune(facts: dict[str, Any]) -> str:
     t = facts["tune"]
     if not t:
-        return _section("tune", "Tune", _not_computed(facts, "tune"), f"<p class=nc>{_not_computed(facts, 'tune')}</p>")
+        return _missing("tune", "Tune", facts, "tune")
     chosen = next((x for x in t["trials"] if x["chosen"]), None)
     sub = f"{_plural(len(t['trials']), 'trial')} on {t.get('task') or '?'}"
     if chosen:
@@ -351,8 +378,8 @@ def _tune(facts: dict[str, Any]) -> str:
     body += _table([("trial", "trial"), ("method", "method"), ("lr", "lr"), ("r", "r"), ("epochs_run", "epochs run"),
                     ("metric", t.get("metric") or "metric"), ("chosen", "chosen"), ("error", "error")], rows,
                    wrap=("error",))
-    body += (f"<p class=note>ASHA over {_fmt(t.get('epochs'))} epoch(s); {_fmt(t.get('stopped_early'))} trial(s) stopped "
-             "early; the chosen trial's module is the task's candidate for publish.</p>")
+    body += (f"<p class=note>ASHA over {_fmt(t.get('epochs'))} epoch(s); {_fmt(t.get('stopped_early'))} trial(s) "
+             "stopped early; the chosen trial's module is the task's candidate for publish.</p>")
     return _section("tune", "Tune", esc(sub), body)
 
 
@@ -363,17 +390,24 @@ def _lr(v: float | None) -> str:
 def _registry(facts: dict[str, Any]) -> str:
     g = facts["registry"]
     if not g:
-        return _section("registry", "Registry", _not_computed(facts, "publish"),
-                        f"<p class=nc>{_not_computed(facts, 'publish')}</p>")
-    sub = f"{len(g['registered'])} promoted · {len(g['rejected'])} not published"
-    reg = [{**r, "move": f"{r['alias']} → v{r['version']}" + (" (new version)" if r.get("new") else
-                                                               " (already held this module)") if r.get("alias") else "",
-            "metric": ", ".join(f"{k} {_fmt(v)}" for k, v in (r.get("metric") or {}).items())}
-           for r in g["registered"]]
-    body = "<h3>Promoted</h3>" + _table([("task", "task"), ("name", "registered model"), ("version", "version"),
-                                         ("move", "alias move"), ("from", "candidate from"), ("metric", "gate metric")],
-                                        reg)
-    body += "<h3>Not published (stays challenger)</h3>" + _table(
+        return _missing("registry", "Registry", facts, "publish")
+    promoted = [r for r in g["registered"] if r["promoted"]]
+    challengers = [r for r in g["registered"] if not r["promoted"]]
+    sub = (f"{len(promoted)} promoted · {len(challengers)} challenger{'' if len(challengers) == 1 else 's'} · "
+           f"{len(g['rejected'])} refused by the gate")
+
+    def rows(rs):
+        return [{**r, "move": (f"{r['alias']} → v{r['version']}" if r.get("moved", True) else
+                               f"{r['alias']} already at v{r['version']}") if r.get("alias") else "",
+                 "version": f"v{r['version']}" + (" (new)" if r.get("new") else " (same content as before)"),
+                 "metric": ", ".join(f"{k} {_fmt(v)}" for k, v in (r.get("metric") or {}).items()),
+                 "reason": r.get("reason") or ""} for r in rs]
+
+    cols = [("task", "task"), ("name", "registered model"), ("version", "version"), ("move", "alias move"),
+            ("from", "candidate from"), ("metric", "gate metric"), ("reason", "why")]
+    body = f"<h3>Promoted ({esc(g['champion_alias'])})</h3>" + _table(cols, rows(promoted), wrap=("reason",))
+    body += "<h3>Registered, stays challenger</h3>" + _table(cols, rows(challengers), wrap=("reason",))
+    body += "<h3>Refused by the gate (not registered)</h3>" + _table(
         [("task", "task"), ("from", "candidate from"), ("reason", "why")], g["rejected"], wrap=("reason",))
     body += f"<p class=note>registry: {esc(str(g['tracking_uri']))} · record: {_link(g['record'])}</p>"
     return _section("registry", "Registry", esc(sub), body, bad=bool(g["rejected"]) and not g["registered"])

@@ -40,12 +40,13 @@ def module_rows(facts: dict[str, Any]) -> list[dict[str, Any]]:
         if m.get("failed"):
             out.append({"task": m["task"], "from": "failed", "method": None, "test_accuracy": None,
                         "test_macro_f1": None, "test_ece": None, "trainable_pct": None,
-                        "classical_baseline_macro_f1": None, "full_ft_macro_f1": None})
+                        "classical_baseline_macro_f1": None, "minus_baseline": None, "full_ft_macro_f1": None})
             continue
         out.append({"task": m["task"], "from": m["from"], "method": m.get("method"),
                     "test_accuracy": m.get("test_accuracy"), "test_macro_f1": m.get("test_macro_f1"),
                     "test_ece": m.get("test_ece"), "trainable_pct": m.get("trainable_pct"),
                     "classical_baseline_macro_f1": (m.get("baseline") or {}).get("test_macro_f1", "not computed"),
+                    "minus_baseline": ((m.get("baseline") or {}).get("delta") or {}).get("delta", "not computed"),
                     "full_ft_macro_f1": (m.get("full") or {}).get("test_macro_f1", "not computed")})
     return out
 
@@ -66,9 +67,11 @@ def markdown(facts: dict[str, Any], report: str | None = None) -> str:
     reg = facts.get("registry")
     lines += ["## Registry", ""]
     if reg:
-        lines += [f"- promoted **{r['name']} v{r['version']}**" + (f" → `{r['alias']}`" if r.get("alias") else "")
-                  + f" (from {r.get('from')})" for r in reg["registered"]] or ["- nothing promoted"]
-        lines += [f"- not published: {r['task']}: {r['reason']}" for r in reg["rejected"]]
+        lines += [f"- {'promoted' if r['promoted'] else 'registered, stays'} **{r['name']} v{r['version']}**"
+                  + (f" → `{r['alias']}`" if r.get("alias") else "") + f" (from {r.get('from')})"
+                  + ("" if r["promoted"] or not r.get("reason") else f": {r['reason']}")
+                  for r in reg["registered"]] or ["- nothing registered"]
+        lines += [f"- refused by the gate: {r['task']}: {r['reason']}" for r in reg["rejected"]]
     else:
         lines.append("- not computed (publish did not run)")
     if report:

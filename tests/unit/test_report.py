@@ -85,7 +85,7 @@ def test_figure_data_of_the_other_sections(good_run):
     # timeline: every DAG step, the three copied ones reused, the rest ran with this run's seconds
     states = {r["step"]: r["state"] for r in facts["timeline"]}
     assert states == {"curate": "reused", "contracts": "reused", "pretrain": "reused", "adapt": "ran",
-                      "tune": "ran", "publish": "ran"}
+                      "baseline": "ran", "tune": "ran", "publish": "ran"}
     assert all(r["seconds"] == summary["steps"][r["step"]]["seconds"] for r in facts["timeline"] if r["state"] == "ran")
     # pretraining: the loss curve is metrics.json's
     pm = json.loads(Path(summary["pretrain"]["metrics"]).read_text())
@@ -97,7 +97,14 @@ def test_figure_data_of_the_other_sections(good_run):
         metrics = json.loads((run_dir / m["dir"] / "metrics.json").read_text())
         assert m["test_macro_f1"] == metrics["test_macro_f1"] and m["confusion"] == metrics["test_confusion"]
         assert sum(b["count"] for b in m["reliability"]) == metrics["n_test"] == sum(map(sum, m["confusion"]))
-        assert m["baseline"] is None and m["full"] is None  # no transfer run on this backbone
+        # the classical baseline is the baseline step's TF-IDF + LR, compared on the same test rows
+        base = json.loads(Path(summary["baseline"]["baselines"]).read_text())[m["task"]]
+        assert m["baseline"]["test_macro_f1"] == base["tfidf_lr"]["test_macro_f1"]
+        assert m["baseline"]["majority_macro_f1"] == base["majority"]["test_macro_f1"]
+        d = m["baseline"]["delta"]
+        assert d["rows"] == metrics["n_test"] and d["low"] <= d["delta"] <= d["high"]
+        assert d["delta"] == pytest.approx(metrics["test_macro_f1"] - base["tfidf_lr"]["test_macro_f1"], abs=1e-9)
+        assert m["full"] is None  # no transfer run on this backbone
     # tune: trials.json's trials, the best config's trial chosen
     trials = json.loads(Path(summary["tune"]["trials"]).read_text())
     best = json.loads(Path(summary["tune"]["best_config"]).read_text())
@@ -106,7 +113,8 @@ def test_figure_data_of_the_other_sections(good_run):
     assert [t["trial"] for t in facts["tune"]["trials"] if t["chosen"]] == [best["trial_id"]]
     # registry and the headline
     assert {r["task"] for r in facts["registry"]["registered"]} == {r["task"] for r in summary["publish"]["registered"]}
-    assert len(facts["headline"]["promoted"]) == len(summary["publish"]["registered"])
+    champions = [r for r in summary["publish"]["registered"] if r["alias"] == "champion"]
+    assert len(facts["headline"]["promoted"]) == len(champions) > 0
     assert facts["headline"]["config_fingerprint"] and facts["failure"] is None
 
 
@@ -126,7 +134,7 @@ def test_good_report_is_self_contained_with_relative_links(good_run):
     for title in ("Stage timeline", "Curation funnel", "Data contracts", "Pretraining", "Modules per task", "Tune",
                   "Registry"):
         assert f"<summary>{title}<span" in html, title
-    assert "not computed" in html  # the classical baseline: no transfer result for this backbone
+    assert "not computed" in html  # full fine-tuning: no transfer result for this backbone
     assert str(run_dir) not in html.replace(f"run dir</dt><dd>{run_dir}<", "")
     links = _links(html)
     assert any("data_docs/local_site/index.html" in x for x in links) and any(x.endswith("stats.json") for x in links)
@@ -144,7 +152,7 @@ def test_failed_report_starts_with_what_failed(failed_run):
     for section in ("Pretraining", "Modules per task", "Tune", "Registry"):
         assert re.search(f"<summary>{section}<span class='sub'>not computed: the run stopped at contracts", html)
     facts = _facts(failed_run)
-    assert [r["state"] for r in facts["timeline"]] == ["reused", "failed", "not run", "not run", "not run", "not run"]
+    assert [r["state"] for r in facts["timeline"]] == ["reused", "failed"] + ["not run"] * 5
     assert facts["contracts"]["success"] is False and facts["headline"]["promoted"] == []
     failed = [(d["asset"], f["severity"], f["column"]) for d in facts["contracts"]["datasets"] for f in d["failed"]]
     assert ("curated_docs", "error", "n_tokens") in failed
@@ -204,7 +212,7 @@ def test_prefect_summary_text(good_run, failed_run):
     assert md_bad.index("## What failed: contracts") < md_bad.index("## Steps") and "n_tokens" in md_bad
     assert [r["step"] for r in funnel_rows(good)][:2] == ["read", "normalize"]
     assert {r["task"] for r in module_rows(good)} == set(good_run[1]["adapt"]["modules"])
-    assert all(r["classical_baseline_macro_f1"] == "not computed" for r in module_rows(good))
+    assert all(isinstance(r["classical_baseline_macro_f1"], float) for r in module_rows(good))
 
 
 @pytest.mark.slow  # a real Prefect server starts (10-35 s on 2 cores)
