@@ -155,9 +155,14 @@ def publish(cfg: PipelineConfig, backbone: str, modules: dict[str, str], manifes
 
 
 def _artifact_location(cfg: PipelineConfig) -> str | None:
-    if cfg.publish.artifact_location is not None or cfg.publish.tracking_uri:
+    """``publish.artifact_location``; for a SQLite store without one, ``artifacts/`` beside the database (MLflow's
+    own default is ``./mlruns`` under whatever the current directory is); for a server, its own default."""
+    if cfg.publish.artifact_location is not None:
         return cfg.publish.artifact_location
-    artifacts = cfg.run_path / "registry" / "artifacts"
+    uri = tracking_uri(cfg)
+    if not uri.startswith("sqlite:///"):
+        return None
+    artifacts = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     return artifacts.as_uri()
 
@@ -267,8 +272,9 @@ def register_backbone(store: Store, cfg: PipelineConfig, backbone: str | Path, b
         mv = store.retry(store.client.create_model_version, name, source, run_id=rid,
                          tags={**tags, **{f"{SHA_PREFIX}{k}": v for k, v in files.items()}},
                          description=f"backbone {backbone_fp[:12]}")
-    log.info("publish: registered backbone %s v%s (%s)", name, mv.version, backbone_fp[:12])
-    return {"name": name, "version": str(mv.version), "fingerprint": backbone_fp, "tokenizer_files": tok}
+    version = _dedupe(store, name, "backbone_fingerprint", backbone_fp, str(mv.version))
+    log.info("publish: registered backbone %s v%s (%s)", name, version, backbone_fp[:12])
+    return {"name": name, "version": version, "fingerprint": backbone_fp, "tokenizer_files": tok}
 
 
 # ---------------------------------------------------------------------------------------------------- module
@@ -350,19 +356,20 @@ def register_module(store: Store, cfg: PipelineConfig, name: str, task: str, ver
             else:
                 version, rid, source, new = str(existing.version), existing.run_id, existing.source, False
     if new:
-        version = _dedupe(store, name, verdict.digest, version)
+        version = _dedupe(store, name, "module_digest", verdict.digest, version)
         new = version == str(mv.version)
     return {**out, "version": version, "run_id": rid, "new": new, "source": f"{source.rstrip('/')}/{MODULE_SUBDIR}",
             "model_uri": f"models:/{name}/{version}"}
 
 
-def _dedupe(store: Store, name: str, digest: str, version: str) -> str:
-    """Servers have no lock: when a racing publisher registered the same content first, keep the lowest version
-    and delete ours (identical content is one version)."""
-    first = _existing_version(store, name, "module_digest", digest)
+def _dedupe(store: Store, name: str, key: str, value: str, version: str) -> str:
+    """Servers have no lock: when a racing publisher registered the same content (tag ``key`` = ``value``) first,
+    keep the lowest version and delete ours (identical content is one version). Under a SQLite store's lock this
+    finds nothing to do."""
+    first = _existing_version(store, name, key, value)
     if first is not None and int(first.version) < int(version):
-        log.info("publish: %s v%s duplicates v%s (same content, published at the same time): deleting v%s", name,
-                 version, first.version, version)
+        log.info("publish: %s v%s duplicates v%s (same %s, published at the same time): deleting v%s", name,
+                 version, first.version, key, version)
         store.retry(store.client.delete_model_version, name, version)
         return str(first.version)
     return version
@@ -397,18 +404,23 @@ def decide(store: Store, cfg: PipelineConfig, name: str, version: str, verdict: 
     rules, value = verdict.rules, verdict.value
     assert value is not None
     evaluated: dict[str, tuple[float | None, str]] = {}
-    for _ in range(MAX_DECISION_ROUNDS):
+    for attempt in range(MAX_DECISION_ROUNDS + 1):
+        last = attempt == MAX_DECISION_ROUNDS  # evaluate under the lock: no more waiting for a quiet moment
         current = store.alias_version(name, p.alias)
-        if current is not None and current != version and current not in evaluated:
+        if not last and current is not None and current != version and current not in evaluated:
             evaluated[current] = champion_value(store, name, current, rules, task_dir)
         with store.writing():
-            if store.alias_version(name, p.alias) != current:
+            now = store.alias_version(name, p.alias)
+            if now != current and not last:
                 continue  # the champion moved while we evaluated it: evaluate the new one
+            current = now
             champ = {"version": current, "value": None, "note": "no champion yet"}
             if current == version:
                 return {"alias": p.alias, "moved": False, "candidate": value, "champion": champ | {"value": value},
                         "reason": f"v{version} is already {p.alias}"}
             if current is not None:
+                if current not in evaluated:
+                    evaluated[current] = champion_value(store, name, current, rules, task_dir)
                 champ["value"], champ["note"] = evaluated[current]
             cand = f"candidate v{version} {rules.metric}={value:.4f}"
             if champ["value"] is None:

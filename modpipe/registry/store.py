@@ -47,7 +47,10 @@ def _transient(err: BaseException) -> bool:
     text = f"{type(err).__name__}: {err}".lower()
     return any(s in text for s in ("database is locked", "database table is locked", "temporarily unavailable",
                                    "connection refused", "connection reset", "max retries exceeded",
-                                   "remote end closed", "internal_error", "deadlock"))
+                                   "remote end closed", "internal_error", "deadlock",
+                                   # two writers setting the same alias at once on a server: the loser's insert
+                                   # hits the primary key; setting it again is an update
+                                   "unique constraint failed"))
 
 
 class Store:

@@ -149,3 +149,61 @@ def resign(module_dir: Path, **changes) -> None:
     manifest.pop("format", None)
     manifest.update(changes)
     write_manifest(module_dir, manifest)
+
+
+# ---------------------------------------------------------------------------------------------------- concurrency
+
+
+def publish_one(run_dir: str, uri: str, artifacts: str | None, backbone: str, module: str, manifest: str,
+                run_id: str, out_json: str, ready, go) -> None:
+    """One publisher process: wait for the start signal, publish one module, write the result (or the error) as
+    JSON. The barrier is always reached, so one broken process cannot hang the others."""
+    import traceback
+
+    res: dict = {}
+    try:
+        from modpipe.config import load_config
+        from modpipe.registry import publish
+
+        sets = [f"run_dir={run_dir}", f"publish.tracking_uri={uri}", "publish.min_metric=0.0",
+                f"publish.cache_dir={Path(run_dir).parent / 'cache'}"]  # one verified download cache for all
+        cfg = load_config(overrides=sets + ([f"publish.artifact_location={artifacts}"] if artifacts else []))
+    except BaseException as err:  # noqa: BLE001 - reported to the test
+        res = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+    try:
+        ready.wait(600)
+        go.wait(600)
+        if not res:
+            import time
+
+            t0, c0 = time.time(), time.process_time()
+            res = publish(cfg, backbone, {TASK: module}, manifest, run_id=run_id)
+            res["seconds"], res["cpu_seconds"] = time.time() - t0, time.process_time() - c0
+    except BaseException as err:  # noqa: BLE001 - reported to the test
+        res = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+    Path(out_json).write_text(json.dumps(res, default=str))
+
+
+def publish_concurrently(uri: str, artifacts: str | None, backbone: Path, modules: list[Path], manifest: Path,
+                         out: Path) -> list[dict]:
+    """``len(modules)`` processes (forked from a server that imported the registry once) publishing at once."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["mlflow", "mlflow.tracking", "modpipe.registry.publish", "modpipe.models.modules",
+                                "registry_world"])
+    ready, go = ctx.Barrier(len(modules) + 1), ctx.Event()
+    out.mkdir(parents=True, exist_ok=True)
+    procs = [ctx.Process(target=publish_one, args=(str(out / f"run-{i}"), uri, artifacts, str(backbone), str(m),
+                                                   str(manifest), f"run-{i}", str(out / f"{i}.json"), ready, go))
+             for i, m in enumerate(modules)]
+    for p in procs:
+        p.start()
+    try:
+        ready.wait(600)  # every process is up and has its config: start them together
+    finally:
+        go.set()
+    for p in procs:
+        p.join(600)
+    return [json.loads((out / f"{i}.json").read_text()) if (out / f"{i}.json").is_file()
+            else {"error": f"process exit {p.exitcode}"} for i, p in enumerate(procs)]

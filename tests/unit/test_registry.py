@@ -334,3 +334,87 @@ def test_history_rollback_promote_at_verify_through_the_cli(world, tmp_path):
     assert r.exit_code == 0 and "reproduces" in r.stdout and "passes" in r.stdout, r.output
     r = _cli("registry", "list", *sets)
     assert r.exit_code == 0 and "modpipe-backbone" in r.stdout and "champion" in r.stdout, r.output
+
+
+# ---------------------------------------------------------------------------------------------------- concurrency
+
+
+def _distinct(world, root: Path, n: int) -> list[Path]:
+    """``n`` modules with distinct content (good's weights, module.json notes differ): all tie on the metric."""
+    out = []
+    for i in range(n):
+        m = root / f"m{i:02d}"
+        shutil.copytree(world["good"], m)
+        resign(m, note=f"publisher {i}")
+        out.append(m)
+    return out
+
+
+def _assert_twenty_versions(results, uri: str, world, tmp_path):
+    from mlflow import MlflowClient
+
+    from modpipe.registry import load
+
+    errors = [r["error"] for r in results if "error" in r]
+    assert not errors, errors[:3]
+    assert all(r["rejected"] == [] and len(r["registered"]) == 1 for r in results), results[:2]
+    versions = sorted(int(r["registered"][0]["version"]) for r in results)
+    assert versions == list(range(1, 21)) and all(r["registered"][0]["new"] for r in results)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert len(client.search_model_versions("name = 'modpipe-toy'")) == 20
+    assert len(client.search_model_versions("name = 'modpipe-backbone'")) == 1
+    # every candidate ties the champion: each took champion in turn, every move in the ledger, none lost
+    tags = client.get_registered_model("modpipe-toy").tags
+    moves = sorted(json.loads(v)["to"] for k, v in tags.items() if k.startswith("alias_move."))
+    assert sorted(moves, key=int) == [str(v) for v in range(1, 21)]
+    # the store is usable afterwards: a new version, and a consumer loads the champion
+    again = _publish(_cfg(tmp_path, f"publish.tracking_uri={uri}",
+                          f"publish.artifact_location={(tmp_path / 'late').as_uri()}"), world, world["weak"])
+    assert again["registered"][0]["version"] == "21" and again["registered"][0]["alias"] == "challenger"
+    champion = client.get_registered_model("modpipe-toy").aliases["champion"]
+    assert load("modpipe-toy@champion", uri, tmp_path / "cache").version == str(champion)
+
+
+def test_twenty_concurrent_publishes_to_a_fresh_sqlite_store(world, tmp_path):
+    from registry_world import publish_concurrently
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    results = publish_concurrently(uri, None, world["a"], _distinct(world, tmp_path / "mods", 20), world["manifest"],
+                                   tmp_path / "out")
+    _assert_twenty_versions(results, uri, world, tmp_path)
+
+
+@pytest.mark.integration
+def test_twenty_concurrent_publishes_to_a_real_mlflow_server(world, tmp_path, free_port):
+    import time
+    import urllib.request
+
+    from registry_world import publish_concurrently
+
+    port = free_port()
+    store = tmp_path / "server"
+    store.mkdir()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "art"),
+         "--workers", "1"], cwd=store, stdout=subprocess.DEVNULL, stderr=open(store / "server.log", "w"))
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None and time.time() < deadline, (store / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        results = publish_concurrently(uri, None, world["a"], _distinct(world, tmp_path / "mods", 20),
+                                       world["manifest"], tmp_path / "out")
+        assert results[0].get("tracking_uri") == uri
+        source = results[0]["registered"][0]["source"]
+        assert source.startswith("mlflow-artifacts:"), source  # uploaded over HTTP, not a shared path
+        _assert_twenty_versions(results, uri, world, tmp_path)
+    finally:
+        server.terminate()
+        server.wait(30)
