@@ -138,7 +138,7 @@ def module_scores(rows: list[dict[str, Any]]) -> bytes:
     ax.set_yticks(range(len(rows)), [f"{r['task']}\n{r.get('method') or ''} ({r['from']})" for r in reversed(rows)])
     ax.set_xlim(0, 1.08)
     ax.set_xlabel("test split")
-    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    ax.legend(frameon=False, fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=5)
     return _png(fig)
 
 
