@@ -190,32 +190,103 @@ class AdaptConfig(_Section):
         return v
 
 
+TunableMethod = Literal["lora", "ia3", "prefix", "prompt", "bottleneck"]
+_METHOD_SECTIONS = {"lora": LoraConfig, "ia3": IA3Config, "prefix": PrefixConfig, "prompt": PrefixConfig,
+                    "bottleneck": BottleneckConfig}
+
+
+class SearchSpace(_Section):
+    """One module kind's discrete search space: every list is the choices of one dimension (random search samples
+    points of their product, grid search takes all of them)."""
+
+    lr: list[PositiveFloat] = [1e-3, 3e-3, 1e-2]
+    head: list[Literal["linear", "mlp"]] = ["linear"]
+    top_k: list[NonNegativeInt] = [0]
+    """Backbone blocks that train too (freeze policy ``top_k``); 0: the backbone stays frozen."""
+    params: dict[str, list[int | float | str]] = {}
+    """The kind's own hyperparameters (fields of its ``adapt`` section, e.g. LoRA ``r``, ``alpha``, ``dropout``;
+    bottleneck ``reduction_factor``; prefix ``num_virtual_tokens``); others come from ``adapt``."""
+
+    @field_validator("lr", "head", "top_k")
+    @classmethod
+    def _choices(cls, v: list) -> list:
+        if not v:
+            raise ValueError("needs at least one choice")
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _param_choices(cls, v: dict) -> dict:
+        for k, choices in v.items():
+            if not choices:
+                raise ValueError(f"{k}: needs at least one choice")
+        return v
+
+
+def _default_space() -> dict:
+    return {
+        "lora": SearchSpace(params={"r": [4, 8, 16], "alpha": [16], "dropout": [0.05]}),
+        "ia3": SearchSpace(lr=[3e-3, 1e-2, 3e-2]),
+        "bottleneck": SearchSpace(params={"reduction_factor": [8, 16]}),
+        "prefix": SearchSpace(lr=[3e-3, 1e-2, 3e-2], params={"num_virtual_tokens": [4, 8]}),
+        "prompt": SearchSpace(lr=[1e-2, 3e-2], params={"num_virtual_tokens": [4, 8]}),
+    }
+
+
 class TuneConfig(_Section):
-    """Ray Tune (ASHA over epochs) on one task: learning rate x LoRA rank; other hparams from ``adapt``."""
+    """Ray Tune per task over module kinds and their hyperparameters (``space``), ASHA over epochs, within a trial
+    budget; the best trial's module (selected on the validation split) is the task's candidate for publish."""
 
     enabled: bool = True
-    task: str = "man_section"
-    """Task to tune; when absent from tasks_dir, the first task adapt would train."""
-    num_samples: int = 4
-    """Trials (each one Ray Train run of ``adapt.num_workers_per_task`` workers)."""
-    max_concurrent_trials: int = unversioned(2)
-    lr_min: float = 3e-4
-    lr_max: float = 1e-2
-    """Learning rate is sampled log-uniformly in [lr_min, lr_max]."""
-    ranks: list[int] = [4, 8, 16]
-    """LoRA ranks to choose from."""
-    epochs: int = 2
+    tasks: list[Name] = []
+    """Tasks to tune (those present in tasks_dir); empty: every task adapt trains."""
+    task: Name | None = None
+    """Deprecated single-task form of ``tasks`` (used when ``tasks`` is empty)."""
+    methods: list[TunableMethod] = ["lora", "ia3", "bottleneck", "prefix"]
+    """Module kinds searched (the kind is itself a dimension of the space)."""
+    space: dict[TunableMethod, SearchSpace] = Field(default_factory=_default_space)
+    """Search space per module kind; a kind in ``methods`` without an entry searches ``SearchSpace()``."""
+    search: Literal["random", "grid"] = "random"
+    """random: ``num_samples`` distinct points per task, seeded by ``seed``; grid: every point of the space."""
+    num_samples: PositiveInt = 2
+    """Trial budget per task (random search); each trial is one Ray Train run."""
+    scheduler: Literal["asha", "fifo"] = "asha"
+    """asha: stop weak trials after ``grace_period`` epochs; fifo: every trial trains every epoch."""
+    max_concurrent_trials: PositiveInt | None = unversioned(None)
+    """Trials at once; None: as many as the cluster's free CPUs/GPUs hold (one trainer's demand each)."""
+    epochs: PositiveInt = 2
     """Epochs per trial (ASHA max_t)."""
-    grace_period: int = 1
+    grace_period: PositiveInt = 1
     """Epochs every trial runs before ASHA may stop it."""
-    metric: str = "val_macro_f1"
+    metric: Literal["val_macro_f1", "val_accuracy"] = "val_macro_f1"
     """Validation metric maximised; the best config is the best (trial, epoch) on it."""
+    state_dir: str | None = unversioned(None)
+    """Where the sweep's seals live (sha256 of every file Ray Tune unpickles on restore, recorded as it writes
+    them): outside the run dir, private to the user. None: ``$MODPIPE_STATE_DIR``, else
+    ``$XDG_STATE_HOME/modpipe``, else ``~/.local/state/modpipe``."""
 
-    @field_validator("num_samples", "max_concurrent_trials", "epochs", "grace_period")
+    @field_validator("space")
     @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
+    def _space_params(cls, v: dict) -> dict:
+        for kind, space in v.items():
+            fields = set(_METHOD_SECTIONS[kind].model_fields)
+            unknown = sorted(set(space.params) - fields)
+            if unknown:
+                raise ValueError(f"{kind}: unknown hyperparameter(s) {unknown}; {kind} has {sorted(fields)}")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list) -> list:
+        if not v:
+            raise ValueError("needs at least one module kind")
+        return list(dict.fromkeys(v))
+
+    @field_validator("grace_period")
+    @classmethod
+    def _grace(cls, v: int, info) -> int:
+        if v > info.data.get("epochs", v):
+            raise ValueError("must be <= tune.epochs")
         return v
 
 

@@ -1,27 +1,35 @@
-"""Tune stage: Ray Tune with ASHA over learning rate x LoRA rank for one task; its best trial's module is the task's
-candidate for publishing.
+"""Tune stage: Ray Tune per task over module kinds (``tune.space``: the kind itself, its hyperparameters, lr, head,
+freeze ``top_k``), ASHA over epochs, within a trial budget; each task's best trial's module is its candidate.
 
 Step entry ``run(cfg, ctx)``: the contracts gate, then (``cfg.tune.enabled``) ``sweep`` on the backbone of
-``ctx.inputs["pretrain"]`` and the tasks of ``ctx.inputs["curate"]``, with the step's ``out`` and ``work`` dirs;
+``ctx.inputs["pretrain"]`` and the tasks of ``ctx.inputs["curate"]`` with the step's ``out`` and ``work`` dirs;
 disabled, it returns ``{"modules": {}}``. Library function ``sweep(cfg, backbone, tasks_dir, out, work)`` ->
-``{"modules": {task: dir}, "best_config", "trials", "best_metric", "tune_dir"}``.
+``{"modules": {task: dir}, "best_config", "trials", "best_metric": {task: value}, "tune_dir", "failed": {task:
+reason}}``.
+
+Tasks: ``tune.tasks`` (those in tasks_dir), else the deprecated ``tune.task``, else every task adapt trains. Per
+task, the points of the space (``space.py``: ``tune.num_samples`` distinct points, seeded by ``cfg.seed``, spread
+over the kinds; or the whole grid) are one grid dimension of a Tuner, so a restored sweep has the same points.
+Trials run at once as far as the cluster's free CPUs/GPUs hold (one trainer's demand each) unless
+``tune.max_concurrent_trials`` caps them. Tasks are swept one after the other; one task's failure does not stop
+the others.
 
 Ray 2.60 runs Train V2, where ``Tuner(TorchTrainer)`` is gone: each trial is a function trainable that builds and
 fits the adapt stage's TorchTrainer (same train function, same data) with ``TuneReportCallback``, which forwards
 every epoch's report (``epoch``, ``val_accuracy``, ``val_macro_f1``) to Tune; ASHA (``time_attr="epoch"``) stops
-weak trials after ``grace_period`` epochs. The trial itself holds no CPU: its Train workers do, so
-``max_concurrent_trials`` bounds how many trainers run at once. A trial's job is the task's adapt job
-(``modpipe.adapt.job``) with ``epochs = tune.epochs``, the epoch picked by ``tune.metric``, and the trial's ``lr``
-(log-uniform in [``lr_min``, ``lr_max``]) and, for a LoRA module, ``r`` (from ``ranks``); sampling is seeded by
-``cfg.seed``. A trial that trains to the end writes its module dir (``modpipe.adapt.trainer.write_module``, what
-adapt writes: module.json, weights, metrics.json, test predictions) from its driver.
+weak trials after ``grace_period`` epochs. The trial itself holds no CPU: its Train workers do. A trial that trains
+to the end writes its module dir (``modpipe.adapt.trainer.write_module``: module.json, weights, metrics.json, test
+predictions) from its driver.
 
 Everything resumable lives under ``work`` (kept across killed attempts): the experiment in ``work/ray/<task>``
-(restored with ``Tuner.restore``), the trials' Train runs in ``work/train/trial-<id>``, their module dirs in
-``work/modules/<task>-<fp>`` (``fp``: ``adapt.job.task_fingerprint`` of the trial's job). The best trial is the
-best (trial, epoch) on ``tune.metric`` over the validation split; its module is copied whole (module.json's sha256s
-stay valid) to ``out/modules/<task>/`` beside ``best_config.json`` (task, lr, r, metric, best_metric, best_epoch,
-trial) and ``trials.json`` (every trial's config, status and best metric). A best trial that ASHA stopped has no
+(restored with ``Tuner.restore``: finished trials are not run again, a trial that was running resumes its Train
+run from its last epoch), the trials' Train runs in ``work/train/trial-<id>``, their module dirs in
+``work/modules/<task>-<fp>``. Ray Tune unpickles its own state on restore, so every such file's sha256 is sealed
+outside the run dir as it is written (``seal.py``) and a restore over a file this driver did not write is refused.
+The best trial is the best (trial, epoch) on ``tune.metric`` over the validation split; its module is copied whole
+to ``out/modules/<task>/``; ``out/<task>/best_config.json`` (task, method, params, lr, head, top_k, metric,
+best_metric, best_epoch, trial) and ``out/<task>/trials.json``; ``out/best_config.json`` is the first task's record
+with ``tasks`` (every task's), ``out/trials.json`` every trial with its task. A best trial that ASHA stopped has no
 module dir yet: it is written from its Train run's checkpoints of the epochs Tune saw.
 """
 
@@ -37,8 +45,9 @@ from typing import TYPE_CHECKING, Any
 
 from modpipe.adapt import select_tasks
 from modpipe.adapt.data import TaskDataError, list_tasks, load_task
-from modpipe.adapt.job import AdaptJob, LoraModule, Scaling, TrainRun, make_job, task_fingerprint, training_fields
+from modpipe.adapt.job import AdaptJob, Scaling, TrainRun, make_job, module_config, task_fingerprint, training_fields
 from modpipe.config import PipelineConfig
+from modpipe.tune.space import label, points, trial_job
 
 if TYPE_CHECKING:
     from modpipe.executor import StepContext
@@ -66,24 +75,18 @@ def run(cfg: PipelineConfig, ctx: StepContext) -> dict[str, Any]:
     return sweep(cfg, ctx.inputs["pretrain"]["backbone"], ctx.inputs["curate"]["tasks_dir"], ctx.out, ctx.work)
 
 
-def pick_task(cfg: PipelineConfig, tasks_dir: str | Path) -> str:
-    if cfg.tune.task in list_tasks(tasks_dir):
-        return cfg.tune.task
-    candidates = select_tasks(cfg, tasks_dir)
-    if not candidates:
+def tasks_to_tune(cfg: PipelineConfig, tasks_dir: str | Path) -> list[str]:
+    """``tune.tasks`` present in tasks_dir, else the deprecated ``tune.task``, else the tasks adapt trains."""
+    available = list_tasks(tasks_dir)
+    wanted = list(cfg.tune.tasks) or ([cfg.tune.task] if cfg.tune.task else [])
+    chosen = [t for t in wanted if t in available]
+    if wanted and not chosen:
+        log.warning("tune: none of %s in %s; tuning the tasks adapt trains", wanted, tasks_dir)
+    if not chosen:
+        chosen = select_tasks(cfg, tasks_dir)
+    if not chosen:
         raise TuneError(f"no tasks in {tasks_dir}")
-    log.warning("tune: task %r not in %s; tuning %r", cfg.tune.task, tasks_dir, candidates[0])
-    return candidates[0]
-
-
-def trial_job(job: AdaptJob, config: dict[str, Any]) -> AdaptJob:
-    """The task's job with one trial's ``lr`` and (LoRA) rank ``r``."""
-    update: dict[str, Any] = {"lr": float(config["lr"])}
-    if config.get("r") is not None:
-        if not isinstance(job.module, LoraModule):
-            raise TuneError(f"tune: rank r={config['r']} given for a {job.method} module (ranks are LoRA's)")
-        update["module"] = job.module.model_copy(update={"r": int(config["r"])})
-    return job.model_copy(update=update)
+    return chosen
 
 
 def trial_run(base: TrainRun, job: AdaptJob, scaling: Scaling, trial_id: str) -> TrainRun:
@@ -94,15 +97,15 @@ def trial_run(base: TrainRun, job: AdaptJob, scaling: Scaling, trial_id: str) ->
                                               "trial_id": trial_id}})
 
 
-def trial_driver(config: dict, job: AdaptJob, scaling: Scaling, run: TrainRun) -> None:
-    """One Tune trial: the adapt TorchTrainer with this trial's lr and LoRA rank, reporting through Tune; when it
-    trains to the end, its module dir (as adapt writes it) under ``run.module_root``."""
+def trial_driver(config: dict, job: AdaptJob, kinds: dict, scaling: Scaling, run: TrainRun) -> None:
+    """One Tune trial: the adapt TorchTrainer with this trial's point, reporting through Tune; when it trains to
+    the end, its module dir (as adapt writes it) under ``run.module_root``."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from modpipe.adapt.trainer import make_trainer, write_module
 
-    job = trial_job(job, config)
+    job = trial_job(job, config["point"], kinds)
     run = trial_run(run, job, scaling, ray.tune.get_context().get_trial_id())
     # No timestamps in the name: a restored trial reruns this and Train resumes its run from the last epoch.
     trainer = make_trainer(job, scaling, name=run.name, storage=run.storage, max_failures=run.max_failures,
@@ -115,55 +118,89 @@ def trial_driver(config: dict, job: AdaptJob, scaling: Scaling, run: TrainRun) -
 
 
 def sweep(cfg: PipelineConfig, backbone: str | Path, tasks_dir: str | Path, out: Path, work: Path) -> dict[str, Any]:
-    """Run (or restore from ``work``) the sweep; the best trial's module and the records go to ``out``."""
+    """Sweep every task to tune (restoring what ``work`` holds); best modules and records go to ``out``."""
+    from modpipe.tune.seal import state_dir
+
+    out, work = Path(out), Path(work).resolve()  # absolute: Ray workers run in their own directories
+    state = state_dir(cfg.tune.state_dir, cfg.run_path)
+    names = tasks_to_tune(cfg, tasks_dir)
+    records: dict[str, dict[str, Any]] = {}
+    trials: list[dict[str, Any]] = []
+    modules: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for name in names:
+        try:
+            record, task_trials = sweep_task(cfg, name, backbone, tasks_dir, out, work, state)
+        except Exception as err:  # noqa: BLE001 - one task's failure does not stop the others
+            from modpipe.tune.seal import SealError
+
+            if isinstance(err, SealError):
+                raise
+            log.error("tune: %s failed: %s", name, err)
+            failed[name] = f"{type(err).__name__}: {err}"
+            continue
+        records[name], modules[name] = record, str(out / MODULES_DIR / name)
+        trials += task_trials
+    if not records:
+        raise TuneError("every task failed: " + "; ".join(f"{t}: {r}" for t, r in failed.items()))
+    first = next(iter(records.values()))
+    (out / BEST_FILE).write_text(json.dumps({**first, "tasks": records, "failed": failed}, indent=2))
+    (out / TRIALS_FILE).write_text(json.dumps(trials, indent=2))
+    return {"modules": modules, "best_config": str(out / BEST_FILE), "trials": str(out / TRIALS_FILE),
+            "best_metric": {t: r["best_metric"] for t, r in records.items()}, "tune_dir": str(out),
+            "failed": failed}
+
+
+def sweep_task(cfg: PipelineConfig, name: str, backbone: str | Path, tasks_dir: str | Path, out: Path, work: Path,
+               state: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One task's sweep: (best record, trials); the best module copied to ``out/modules/<task>``."""
     from modpipe.models.fingerprint import read_backbone_fingerprint
 
     t = cfg.tune
-    if not 0 < t.lr_min <= t.lr_max:
-        raise TuneError(f"tune.lr_min/lr_max: need 0 < {t.lr_min} <= {t.lr_max}")
-    if not t.ranks or min(t.ranks) < 1:
-        raise TuneError(f"tune.ranks: need positive ranks, got {t.ranks}")
-    out, work = Path(out), Path(work).resolve()  # absolute: Ray workers run in their own directories
     backbone_fp = read_backbone_fingerprint(backbone)
-    name = pick_task(cfg, tasks_dir)
     try:
         task = load_task(tasks_dir, name)
     except TaskDataError as err:
         raise TuneError(f"tune: task {name}: {err}") from None
     job = make_job(cfg, task, backbone).model_copy(update={"epochs": t.epochs, "select_metric": t.metric})
+    kinds = {k: module_config(cfg.adapt, k) for k in t.methods}
     scaling = Scaling.of(cfg.adapt)
     base = TrainRun(name="", storage=str(work / "train"), max_failures=cfg.adapt.max_failures,
                     module_root=str(work / MODULES_DIR), fp="", backbone_fingerprint=backbone_fp, config={},
                     inputs={"backbone": job.backbone, "task_dir": job.task_dir, "data_digests": task.digests,
                             "rows": {s: len(task.splits[s]) for s in task.splits},
                             "quarantined_rows": len(task.rejects)})
-
-    grid, exp_path = _fit_sweep(cfg, job, scaling, base, work / "ray", exp_name=name)
-    trials = _summarise(grid, t.metric)
+    pts = points(t, cfg.seed)
+    grid, exp_path = _fit_sweep(cfg, job, kinds, scaling, base, pts, work / "ray", name, state)
+    trials = _summarise(grid, t.metric, name)
     scored = [tr for tr in trials if tr["best_metric"] is not None]
     if not scored:
         errors = "; ".join(f"{tr['trial_id']}: {tr['error']}" for tr in trials if tr["error"]) or "no results"
         raise TuneError(f"no trial reported {t.metric} (sweep {exp_path}): {errors}")
     best = max(scored, key=lambda tr: (tr["best_metric"], -tr["trial_index"]))
-    module = _best_module(job, scaling, base, best, grid)
-    shutil.copytree(module, out / MODULES_DIR / name)
+    module = _best_module(job, kinds, scaling, base, best)
+    dest = out / MODULES_DIR / name
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(module, dest)
     record = {
-        "task": name, "lr": best["lr"], "r": best["r"], "metric": t.metric, "best_metric": best["best_metric"],
-        "best_epoch": best["best_epoch"], "trial_id": best["trial_id"], "num_trials": len(trials),
+        "task": name, "method": best["method"], "params": best["params"], "lr": best["lr"], "r": best["r"],
+        "head": best["head"], "top_k": best["top_k"], "label": best["label"], "metric": t.metric,
+        "best_metric": best["best_metric"], "best_epoch": best["best_epoch"], "trial_id": best["trial_id"],
+        "num_trials": len(trials), "search": t.search, "scheduler": t.scheduler,
         "stopped_early": sum(1 for tr in trials if tr["epochs_run"] < t.epochs and not tr["error"]),
-        "failed_trials": sum(1 for tr in trials if tr["error"]), "epochs": t.epochs,
-        "method": job.method, "lora_alpha": getattr(job.module, "alpha", None), "sweep": str(exp_path),
+        "failed_trials": sum(1 for tr in trials if tr["error"]), "epochs": t.epochs, "sweep": str(exp_path),
         "module_fingerprint": Path(module).name.removeprefix(f"{name}-"),
     }
-    (out / BEST_FILE).write_text(json.dumps(record, indent=2))
-    (out / TRIALS_FILE).write_text(json.dumps(trials, indent=2))
-    log.info("tune: best %s = %.4f with lr %.2e, r %s (trial %s, epoch %s) -> %s", t.metric, best["best_metric"],
-             best["lr"], best["r"], best["trial_id"], best["best_epoch"], out / MODULES_DIR / name)
-    return {"modules": {name: str(out / MODULES_DIR / name)}, "best_config": str(out / BEST_FILE),
-            "trials": str(out / TRIALS_FILE), "best_metric": best["best_metric"], "tune_dir": str(out)}
+    (out / name).mkdir(parents=True, exist_ok=True)
+    (out / name / BEST_FILE).write_text(json.dumps(record, indent=2))
+    (out / name / TRIALS_FILE).write_text(json.dumps(trials, indent=2))
+    log.info("tune: %s: best %s = %.4f with %s (trial %s, epoch %s) -> %s", name, t.metric, best["best_metric"],
+             best["label"], best["trial_id"], best["best_epoch"], dest)
+    return record, trials
 
 
-def _best_module(job: AdaptJob, scaling: Scaling, base: TrainRun, best: dict[str, Any], grid) -> Path:
+def _best_module(job: AdaptJob, kinds: dict, scaling: Scaling, base: TrainRun, best: dict[str, Any]) -> Path:
     """The best trial's module dir: the one its driver wrote, else (ASHA stopped it, or its driver died after
     training) one written here from its Train run's checkpoints of the epochs Tune saw."""
     from ray.train import Result
@@ -171,7 +208,7 @@ def _best_module(job: AdaptJob, scaling: Scaling, base: TrainRun, best: dict[str
     from modpipe.adapt.trainer import write_module
     from modpipe.lineage import StepDir
 
-    tjob = trial_job(job, best)
+    tjob = trial_job(job, best["point"], kinds)
     run = trial_run(base, tjob, scaling, best["trial_id"])
     step = StepDir(run.module_root, tjob.task, run.fp)
     if step.done():
@@ -187,52 +224,61 @@ def _best_module(job: AdaptJob, scaling: Scaling, base: TrainRun, best: dict[str
     return step.path
 
 
-def _fit_sweep(cfg: PipelineConfig, job: AdaptJob, scaling: Scaling, base: TrainRun, storage: Path, exp_name: str):
-    """Fit a new Tuner, or restore the one a killed attempt left under the same name."""
+def max_concurrent(cfg: PipelineConfig, scaling: Scaling) -> int:
+    """``tune.max_concurrent_trials``, else as many trainers as the cluster's free CPUs/GPUs hold (at least 1)."""
+    if cfg.tune.max_concurrent_trials:
+        return cfg.tune.max_concurrent_trials
+    from modpipe.adapt.schedule import capacity
+
+    free, _ = capacity()
+    fits = [math.floor(free.get(k, 0.0) / v + 1e-9) for k, v in scaling.demand().items() if v > 0]
+    return max(1, min(fits) if fits else 1)
+
+
+def _fit_sweep(cfg: PipelineConfig, job: AdaptJob, kinds: dict, scaling: Scaling, base: TrainRun,
+               pts: list[dict[str, Any]], storage: Path, exp_name: str, state: Path):
+    """Fit a new Tuner, or restore the one a killed attempt left under the same name (after checking its seal)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from modpipe.raycluster import ensure_ray
+    from modpipe.tune.seal import Seal, seal_callback
 
     t = cfg.tune
     ensure_ray(cfg.ray)
     exp_path = storage / exp_name
+    seal = Seal(exp_path, state)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, job=job, scaling=scaling, run=base),
+        tune.with_parameters(trial_driver, job=job, kinds=kinds, scaling=scaling, run=base),
         # The trial only drives its TorchTrainer; the Train workers hold the CPUs/GPUs. Tune refuses an all-zero
         # request and any CPU fraction would keep the last trainer off a full node, so reserve a little memory.
         {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
     )
     if tune.Tuner.can_restore(str(exp_path)):
-        log.info("tune: restoring the sweep at %s", exp_path)
+        seal.verify()  # raises SealError before anything is unpickled
+        log.info("tune: %s: restoring the sweep at %s (seal %s)", job.task, exp_path, seal.path)
         tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
     else:
-        space: dict[str, Any] = {"lr": tune.loguniform(t.lr_min, t.lr_max)}
-        if isinstance(job.module, LoraModule):
-            space["r"] = tune.choice(list(t.ranks))
-        else:
-            log.warning("tune: %s trains a %s module: sweeping lr only (tune.ranks are LoRA ranks)", job.task,
-                        job.method)
-        log.info("tune: %s: %d trials (<= %d at once), ASHA over %d epochs (grace %d), lr in [%g, %g], r in %s",
-                 job.task, t.num_samples, t.max_concurrent_trials, t.epochs, t.grace_period, t.lr_min, t.lr_max,
-                 t.ranks if "r" in space else "-")
+        concurrent = max_concurrent(cfg, scaling)
+        log.info("tune: %s: %d trial(s) (<= %d at once) over %s, %s over %d epochs (grace %d): %s", job.task,
+                 len(pts), concurrent, ", ".join(t.methods), t.scheduler, t.epochs, t.grace_period,
+                 "; ".join(label(p) for p in pts))
+        # max_t one past the last epoch: a trial that trains to the end returns from fit() by itself instead of
+        # being stopped (killed) by the scheduler at its final report.
+        scheduler = (ASHAScheduler(time_attr="epoch", max_t=t.epochs + 1, grace_period=t.grace_period)
+                     if t.scheduler == "asha" else FIFOScheduler())
         tuner = tune.Tuner(
             trainable,
-            param_space=space,
-            tune_config=tune.TuneConfig(
-                metric=t.metric, mode="max", num_samples=t.num_samples,
-                # max_t one past the last epoch: a trial that trains to the end returns from fit() by itself
-                # instead of being stopped (killed) by the scheduler at its final report.
-                scheduler=ASHAScheduler(time_attr="epoch", max_t=t.epochs + 1, grace_period=t.grace_period),
-                # seeded random search; with a search_alg instance the concurrency cap must be set on it
-                search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=t.max_concurrent_trials),
-            ),
+            param_space={"point": tune.grid_search(pts)},
+            tune_config=tune.TuneConfig(metric=t.metric, mode="max", num_samples=1, scheduler=scheduler,
+                                        max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=exp_name, storage_path=str(storage), verbose=1,
-                                      callbacks=[free_stopped_trial_workers()]),
+                                      callbacks=[free_stopped_trial_workers(), seal_callback(seal)]),
         )
+    seal.record()  # tuner.pkl, written by the Tuner just now
     before = _placement_groups()
     grid = tuner.fit()
+    seal.record()
     _remove_leftover_placement_groups(before)
     return grid, exp_path
 
@@ -325,8 +371,8 @@ def _remove_leftover_placement_groups(before: set[str]) -> None:
         remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
 
 
-def _summarise(grid, metric: str) -> list[dict[str, Any]]:
-    """Per trial: config, status, epochs run, best metric and its epoch (ties: the later epoch, as the module's
+def _summarise(grid, metric: str, task: str) -> list[dict[str, Any]]:
+    """Per trial: its point, status, epochs run, best metric and its epoch (ties: the later epoch, as the module's
     epoch is picked), from every reported result."""
     trials = []
     for i, result in enumerate(grid):
@@ -338,10 +384,14 @@ def _summarise(grid, metric: str) -> list[dict[str, Any]]:
             if scored:
                 best_metric, best_epoch = max(scored)
             epochs_run = int(df["epoch"].max())
+        point = result.config["point"]
         trials.append({
-            "trial_index": i, "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name,
-            "lr": float(result.config["lr"]), "r": int(result.config["r"]) if "r" in result.config else None,
+            "task": task, "trial_index": i,
+            "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name,
+            "method": point["method"], "params": point["params"], "lr": float(point["lr"]), "head": point["head"],
+            "top_k": point["top_k"], "r": point["params"].get("r"), "label": label(point), "point": point,
             "epochs_run": epochs_run, "best_metric": best_metric, "best_epoch": best_epoch,
+            "seconds": (result.metrics or {}).get("time_total_s"),
             "error": f"{type(result.error).__name__}: {result.error}" if result.error else None,
         })
     return trials

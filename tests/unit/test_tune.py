@@ -1,9 +1,14 @@
-"""Tune stage: a real Ray Tune sweep (ASHA over epochs) whose trials each fit a real Ray Train TorchTrainer."""
+"""Tune stage: the search space over module kinds, the seals of Ray Tune's pickles, and a real Ray Tune sweep (ASHA
+over epochs, each trial a real Ray Train TorchTrainer) whose driver is SIGKILLed mid-sweep and restored."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import pickle
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,13 +17,19 @@ import pytest
 from modpipe.config import load_config
 from test_adapt import make_backbone, make_tasks, step_ctx  # tests/unit is on sys.path (rootdir-relative modules)
 
+SPACE = ('tune.space={lora: {lr: [0.01, 0.03], params: {r: [2, 4]}}, '
+         'bottleneck: {lr: [0.01], params: {reduction_factor: [8]}}}')
 
-def tune_cfg(run_dir: Path, **tune):
-    sets = [f"run_dir={run_dir}", "adapt.batch_size=16", "adapt.max_length=64", "adapt.num_workers_per_task=1",
-            "adapt.cpus_per_worker=1", "adapt.max_failures=0", "tune.task=doc_kind", "tune.num_samples=2",
-            "tune.max_concurrent_trials=2", "tune.epochs=2", "tune.grace_period=1", "tune.lr_min=0.001",
-            "tune.lr_max=0.05", "tune.ranks=[2,4]"]
-    return load_config(overrides=sets + [f"tune.{k}={v}" for k, v in tune.items()])
+
+def tune_sets(run_dir: Path, state: Path) -> list[str]:
+    return [f"run_dir={run_dir}", "adapt.batch_size=16", "adapt.max_length=64", "adapt.num_workers_per_task=1",
+            "adapt.cpus_per_worker=1", "adapt.max_failures=0", "tune.tasks=[doc_kind]", "tune.num_samples=3",
+            "tune.max_concurrent_trials=1", "tune.epochs=2", "tune.grace_period=1", "tune.methods=[lora,bottleneck]",
+            SPACE, f"tune.state_dir={state}"]
+
+
+def tune_cfg(run_dir: Path, state: Path, *extra: str):
+    return load_config(overrides=tune_sets(run_dir, state) + list(extra))
 
 
 @pytest.fixture(scope="module")
@@ -27,24 +38,14 @@ def world(tmp_path_factory):
     backbone = make_backbone(root / "model")
     tasks_dir = root / "tasks"
     make_tasks(tasks_dir)
-    return {"root": root, "backbone": backbone, "tasks_dir": tasks_dir}
-
-
-@pytest.fixture(scope="module")
-def tuned(world, ray_local):
-    """The tune step's entry behind a passing contracts record, as the executor calls it."""
-    from modpipe import tune
-
-    cfg = tune_cfg(world["root"] / "run")
-    ctx = step_ctx(world["root"] / "steps", "tune", world["backbone"], world["tasks_dir"])
-    return cfg, tune.run(cfg, ctx), ctx
+    return {"root": root, "backbone": backbone, "tasks_dir": tasks_dir, "state": root / "state"}
 
 
 def test_disabled_returns_no_module_quickly(tmp_path):
     from modpipe import tune
 
     ctx = step_ctx(tmp_path, "tune", tmp_path / "no-backbone", tmp_path)
-    cfg = tune_cfg(tmp_path / "run", enabled=False)
+    cfg = tune_cfg(tmp_path / "run", tmp_path / "state", "tune.enabled=false")
     t0 = time.perf_counter()
     assert tune.run(cfg, ctx) == {"modules": {}}
     assert time.perf_counter() - t0 < 1.0
@@ -57,93 +58,184 @@ def test_step_refuses_data_without_passing_contracts(tmp_path, world, contracts)
     from modpipe.gates import GateError
 
     ctx = step_ctx(tmp_path, "tune", world["backbone"], world["tasks_dir"], contracts)
-    cfg = tune_cfg(tmp_path / "run")
+    cfg = tune_cfg(tmp_path / "run", tmp_path / "state")
     with pytest.raises(GateError, match="no data-contract record" if contracts is None else "contracts failed"):
         tune.run(cfg, ctx)
     assert not list(ctx.out.iterdir()) and not list(ctx.work.iterdir()) and not cfg.run_path.exists()
 
 
-@pytest.mark.slow
-def test_sweep_returns_best_config_within_space(tuned):
-    cfg, out, ctx = tuned
-    assert Path(out["tune_dir"]) == ctx.out and set(out["modules"]) == {"doc_kind"}
-    best = json.loads(Path(out["best_config"]).read_text())
-    assert best["task"] == "doc_kind" and best["metric"] == "val_macro_f1"
-    assert 0.001 <= best["lr"] <= 0.05 and best["r"] in (2, 4)
-    assert 0.0 <= best["best_metric"] <= 1.0 and best["best_metric"] == out["best_metric"]
-    assert best["best_epoch"] in (1, 2) and best["num_trials"] == 2 and best["failed_trials"] == 0
-
-    trials = json.loads(Path(out["trials"]).read_text())
-    assert len(trials) == 2 and all(tr["error"] is None for tr in trials)
-    assert len({(tr["lr"], tr["r"]) for tr in trials}) == 2  # two distinct sampled configs
-    assert all(1 <= tr["epochs_run"] <= 2 for tr in trials)  # ASHA may stop one after its grace epoch
-    assert best["best_metric"] == max(tr["best_metric"] for tr in trials)
-    # every trial was a real Ray Train run (under the step's work dir) with one checkpoint per reported epoch
-    runs = sorted((ctx.work / "train").glob("trial-*"))
-    assert len(runs) == 2
-    by_id = {tr["trial_id"]: tr for tr in trials}
-    for run in runs:
-        ckpts = list(run.glob("epoch-*/adapter/adapter_model.safetensors"))
-        # a trial ASHA stops may still save the next epoch before its actor is killed
-        assert by_id[run.name.removeprefix("trial-")]["epochs_run"] <= len(ckpts) <= 2
+# ---------------------------------------------------------------------------------------------------- the space
 
 
-@pytest.mark.slow
-def test_output_module_is_the_best_trials_module(tuned, world):
-    """The tune -> publish edge: the task's module in the step dir is the best trial's, as adapt writes modules:
-    trained with best_config's lr and rank, its val metric is best_metric, and it loads through the contract."""
-    import pyarrow.parquet as pq
-    from transformers import AutoTokenizer
+def test_space_grid_sample_and_trial_job(world, tmp_path):
+    from modpipe.adapt.data import load_task
+    from modpipe.adapt.job import make_job, module_config
+    from modpipe.tune.space import grid, points, sample
 
-    from modpipe.lineage import sha256_file
-    from modpipe.models.modules import load_module, predict_proba
+    cfg = tune_cfg(tmp_path / "run", tmp_path / "state")
+    full = grid(cfg.tune)
+    assert len(full) == 2 * 2 + 1  # lora: 2 lr x 2 r; bottleneck: 1 x 1
+    picked = sample(cfg.tune, 3, seed=0)
+    assert len(picked) == 3 and len({json.dumps(p, sort_keys=True) for p in picked}) == 3
+    assert {p["method"] for p in picked} == {"lora", "bottleneck"}  # a small budget still tries both kinds
+    assert picked == sample(cfg.tune, 3, seed=0) and points(cfg.tune, 0) == picked
+    assert len(sample(cfg.tune, 50, seed=1)) == 5  # never more than the space holds
+    assert points(tune_cfg(tmp_path, tmp_path / "s", "tune.search=grid").tune, 0) == full
 
-    cfg, out, ctx = tuned
-    best = json.loads(Path(out["best_config"]).read_text())
-    mdir = Path(out["modules"]["doc_kind"])
-    assert mdir == ctx.out / "modules" / "doc_kind"
-    module = json.loads((mdir / "module.json").read_text())
-    metrics = json.loads((mdir / "metrics.json").read_text())
-    assert module["task"] == "doc_kind" and module["method"] == "lora"
-    assert module["lr"] == best["lr"] and module["lora"]["r"] == best["r"]
-    assert module["epochs"] == 2 and metrics["selected_by"] == "val_macro_f1"
-    assert metrics["val_macro_f1"] == module["metrics"]["val_macro_f1"] == best["best_metric"] == out["best_metric"]
-    assert metrics["best_epoch"] == best["best_epoch"]
-    # the whole trial dir was copied: what its driver wrote under work, the manifest's sha256s intact
-    trial_dir = ctx.work / "modules" / f"doc_kind-{best['module_fingerprint']}"
-    assert {p.name: sha256_file(p) for p in mdir.iterdir()} == {p.name: sha256_file(p) for p in trial_dir.iterdir()}
-    model = load_module(world["backbone"], mdir)  # verifies module.json against the backbone and every file
-    test = pq.read_table(world["tasks_dir"] / "doc_kind" / "test.parquet").to_pydict()
-    recorded = pq.read_table(mdir / "test_predictions.parquet").to_pydict()
-    probs = predict_proba(model, AutoTokenizer.from_pretrained(world["backbone"]), test["text"], 64, 16)
-    assert probs.argmax(-1).tolist() == recorded["pred_id"]
+    job = make_job(cfg, load_task(world["tasks_dir"], "doc_kind"), world["backbone"])
+    kinds = {k: module_config(cfg.adapt, k) for k in cfg.tune.methods}
+    from modpipe.tune.space import trial_job
+
+    t = trial_job(job, {"method": "bottleneck", "lr": 0.01, "head": "mlp", "top_k": 1,
+                        "params": {"reduction_factor": 8}}, kinds)
+    assert (t.method, t.lr, t.head, t.freeze.policy, t.freeze.top_k) == ("bottleneck", 0.01, "mlp", "top_k", 1)
+    assert t.module.reduction_factor == 8 and t.task == job.task and t.labels == job.labels
+    t = trial_job(job, {"method": "lora", "lr": 0.03, "head": "linear", "top_k": 0, "params": {"r": 2}}, kinds)
+    assert (t.method, t.module.r, t.module.alpha, t.freeze.policy) == ("lora", 2, cfg.adapt.lora.alpha, "frozen")
 
 
-@pytest.mark.slow
-def test_sweep_restored_from_the_work_dir(tuned, world, tmp_path):
-    """A new attempt with the same work dir (a killed step's) restores the finished sweep (Tuner.restore) instead
-    of rerunning it, and gives the same best config and the same module."""
+# ---------------------------------------------------------------------------------------------------- seals
+
+
+class _Planted:
+    """What an attacker would plant: unpickling it writes a file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "code ran"))
+
+
+def test_seal_records_as_written_and_refuses_anything_else(tmp_path):
+    from modpipe.tune.seal import Seal, SealError, state_dir
+
+    exp, staging = tmp_path / "run" / "work" / "ray" / "task", tmp_path / "staging"
+    exp.mkdir(parents=True)
+    staging.mkdir()
+    state = state_dir(str(tmp_path / "state"), tmp_path / "run")
+    with pytest.raises(SealError, match="inside the run dir"):
+        state_dir(str(tmp_path / "run" / "state"), tmp_path / "run")
+    seal = Seal(exp, state)
+    (exp / "tuner.pkl").write_bytes(pickle.dumps({"ok": 1}))
+    (exp / "result.json").write_text("{}")  # not unpickled: not sealed, not checked
+    assert seal.record() == 1
+    (staging / "experiment_state-x.json").write_text('{"v": 2}')  # the step's fresh state, not synced yet
+    (exp / "experiment_state-x.json").write_text('{"v": 1}')
+    assert seal.record(staging) == 2
+    seal.verify()
+    (exp / "experiment_state-x.json").write_text('{"v": 2}')  # the sync caught up: a digest we recorded
+    seal.verify()
+    assert oct(state.joinpath("tune-seals").stat().st_mode)[-3:] == "700"
+
+    marker = tmp_path / "pwned"
+    (exp / "tuner.pkl").write_bytes(pickle.dumps(_Planted(marker)))
+    (exp / "trial_1").mkdir()
+    (exp / "trial_1" / "error.pkl").write_bytes(b"x")
+    with pytest.raises(SealError, match=r"trial_1/error\.pkl .*tuner\.pkl"):
+        seal.verify()
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- a real sweep
+
+DRIVER = """
+import json, logging, sys
+logging.basicConfig(level=logging.INFO)
+from pathlib import Path
+from modpipe.config import load_config
+from modpipe import tune
+cfg = load_config(overrides=json.loads(sys.argv[1]))
+tune.sweep(cfg, sys.argv[2], sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]))
+"""
+
+
+@pytest.fixture(scope="module")
+def killed_and_restored(world, ray_local):
+    """A sweep (3 trials over LoRA and bottleneck points, one at a time) whose driver process is SIGKILLed once the
+    first trial finished (its module dir appeared), then the tune step's sweep again on the same work dir."""
     from modpipe import tune
+
+    root = world["root"] / "killed"
+    cfg = tune_cfg(root / "run", world["state"])
+    work, out1, out2 = root / "work", root / "out1", root / "out2"
+    for d in (work, out1, out2):
+        d.mkdir(parents=True)
+    sets = tune_sets(root / "run", world["state"])
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    log = open(root / "driver.log", "w")
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(sets), str(world["backbone"]),
+                               str(world["tasks_dir"]), str(out1), str(work)], env=env, stdout=log, stderr=log,
+                              start_new_session=True)
+    deadline = time.time() + 600
+    finished: list[Path] = []
+    while not finished:  # the marker: a finished trial's module dir (StepDir renames it into place when complete)
+        finished = [p for p in (work / "modules").glob("doc_kind-*") if (p / "module.json").is_file()]
+        assert driver.poll() is None, (root / "driver.log").read_text()[-4000:]
+        assert time.time() < deadline, (root / "driver.log").read_text()[-4000:]
+        time.sleep(0.5)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(60)
+    done = {p.name: p.stat().st_mtime_ns for p in finished}
+    runs_before = {p.name: sorted(c.name for c in p.glob("epoch-*")) for p in (work / "train").glob("trial-*")}
+    time.sleep(3)  # Ray notices the dead driver and ends its job's actors
+    out = tune.sweep(cfg, world["backbone"], world["tasks_dir"], out2, work)
+    return {"cfg": cfg, "out": out, "work": work, "done": done, "runs_before": runs_before, "root": root}
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_rerunning_finished_trials(killed_and_restored):
+    k = killed_and_restored
+    trials = json.loads(Path(k["out"]["trials"]).read_text())
+    assert len(trials) == 3 and all(tr["error"] is None for tr in trials), trials
+    assert {tr["method"] for tr in trials} == {"lora", "bottleneck"}
+    # the trial that had finished kept its module dir and its Train run: nothing of it was trained again
+    for name, mtime in k["done"].items():
+        assert (k["work"] / "modules" / name).stat().st_mtime_ns == mtime
+    finished_runs = {n: e for n, e in k["runs_before"].items() if len(e) == 2}
+    assert finished_runs, k["runs_before"]
+    for name, epochs in finished_runs.items():
+        assert sorted(c.name for c in (k["work"] / "train" / name).glob("epoch-*")) == epochs
+    assert len(list((k["work"] / "train").glob("trial-*"))) == 3
+
+
+@pytest.mark.slow
+def test_best_trial_module_is_the_tasks_candidate(killed_and_restored, world):
+    """The tune -> publish edge: the task's module in the step dir is the best trial's, as adapt writes modules,
+    trained with best_config's point, and it passes the one registry check on the backbone."""
     from modpipe.lineage import sha256_file
+    from modpipe.registry.policy import Rules, check
 
-    cfg, out, ctx = tuned
-    trials_before = sorted(p.name for p in (ctx.work / "train").glob("trial-*"))
-    again = tune.sweep(cfg, world["backbone"], world["tasks_dir"], tmp_path / "out", ctx.work)
-    assert json.loads(Path(again["best_config"]).read_text()) == json.loads(Path(out["best_config"]).read_text())
-    assert sorted(p.name for p in (ctx.work / "train").glob("trial-*")) == trials_before
-    a, b = Path(out["modules"]["doc_kind"]), Path(again["modules"]["doc_kind"])
-    assert {p.name: sha256_file(p) for p in a.iterdir()} == {p.name: sha256_file(p) for p in b.iterdir()}
-
-    # a best trial without a module dir (ASHA stopped it, or its driver died after training) gets one written
-    # from its Train run's checkpoints: the same weights and validation metric
+    k = killed_and_restored
+    out = k["out"]
     best = json.loads(Path(out["best_config"]).read_text())
-    trial_dir = ctx.work / "modules" / f"doc_kind-{best['module_fingerprint']}"
-    shutil.move(trial_dir, tmp_path / "set-aside")
-    rebuilt = tune.sweep(cfg, world["backbone"], world["tasks_dir"], tmp_path / "out2", ctx.work)
-    c = Path(rebuilt["modules"]["doc_kind"])
-    assert trial_dir.is_dir() and rebuilt["best_metric"] == out["best_metric"]
-    assert sha256_file(c / "adapter_model.safetensors") == sha256_file(a / "adapter_model.safetensors")
-    assert json.loads((c / "metrics.json").read_text())["val_macro_f1"] == out["best_metric"]
+    assert best["task"] == "doc_kind" and set(best["tasks"]) == {"doc_kind"} and out["failed"] == {}
+    trials = json.loads(Path(out["trials"]).read_text())
+    assert best["best_metric"] == max(tr["best_metric"] for tr in trials) == out["best_metric"]["doc_kind"]
+    mdir = Path(out["modules"]["doc_kind"])
+    module = json.loads((mdir / "module.json").read_text())
+    assert module["method"] == best["method"] and module["lr"] == best["lr"] and module["head"] == best["head"]
+    for key, value in best["params"].items():
+        assert module[module["method"]][key] == value
+    assert json.loads((mdir / "metrics.json").read_text())["val_macro_f1"] == best["best_metric"]
+    trial_dir = k["work"] / "modules" / f"doc_kind-{best['module_fingerprint']}"
+    assert {p.name: sha256_file(p) for p in mdir.iterdir()} == {p.name: sha256_file(p) for p in trial_dir.iterdir()}
+    verdict = check(mdir, world["backbone"], Rules(threshold=0.0, max_ece=None), task_dir=world["tasks_dir"] / "doc_kind")
+    assert verdict.passed, verdict.reasons
+
+
+@pytest.mark.slow
+def test_restore_refuses_a_planted_tuner_pickle(killed_and_restored, world, tmp_path):
+    from modpipe import tune
+    from modpipe.tune.seal import SealError
+
+    k = killed_and_restored
+    exp = k["work"] / "ray" / "doc_kind"
+    marker = tmp_path / "pwned"
+    (exp / "tuner.pkl").write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(SealError, match="tuner.pkl"):
+        tune.sweep(k["cfg"], world["backbone"], world["tasks_dir"], tmp_path / "out", k["work"])
+    assert not marker.exists()
 
 
 def test_placement_groups_of_stopped_trials_are_freed_during_the_sweep(ray_local):
