@@ -28,14 +28,15 @@ def step_task(call, step, cfg, force: bool):
     return result
 
 
-def _run(config_path: str | None, overrides: list[str] | None, targets: list[str], force: bool) -> dict:
+def _run(config_path: str | None, overrides: list[str] | None, targets: list[str], force: bool,
+         run_id: str | None = None) -> dict:
     cfg = load_config(config_path, overrides or [])
 
     def runner(call, step):
         return step_task.with_options(name=step.name)(call, step, cfg, force)
 
     try:
-        summary = pipeline.run(cfg, targets, force=force, runner=runner)
+        summary = pipeline.run(cfg, targets, run_id=run_id, force=force, runner=runner)
     except Exception:
         run_summary(cfg)
         raise
@@ -44,14 +45,15 @@ def _run(config_path: str | None, overrides: list[str] | None, targets: list[str
 
 
 @flow(name="modpipe-dag", log_prints=True)
-def dag_flow(config_path: str | None = None, overrides: list[str] | None = None, force: bool = False) -> dict:
+def dag_flow(config_path: str | None = None, overrides: list[str] | None = None, force: bool = False,
+             run_id: str | None = None) -> dict:
     """The whole DAG: every step of modpipe/steps.py marked in_dag, in order; finished steps are reused."""
-    return _run(config_path, overrides, steps.dag_targets(), force)
+    return _run(config_path, overrides, steps.dag_targets(), force, run_id)
 
 
 @flow(name="modpipe-step", log_prints=True)
 def step_flow(step: str, config_path: str | None = None, overrides: list[str] | None = None,
-              force: bool = False) -> dict:
+              force: bool = False, run_id: str | None = None) -> dict:
     """One step and every step it reads (reused when already built); gates hold as in the whole DAG."""
     steps.get(step)  # an unknown name fails before anything starts
-    return _run(config_path, overrides, [step], force)
+    return _run(config_path, overrides, [step], force, run_id)

@@ -103,19 +103,34 @@ def run(
         from modpipe import steps
 
         cfg = _load(config, set_)  # validate before starting anything
-        if engine == "prefect":
-            from flows.dag import dag_flow  # lazy: the library itself never imports prefect
+        if engine not in ("prefect", "local"):
+            raise ConfigError(f"--engine must be 'prefect' or 'local', not {engine!r}")
+        try:
+            if engine == "prefect":
+                from flows.dag import dag_flow  # lazy: the library itself never imports prefect
 
-            return dag_flow(config_path=config, overrides=list(set_ or []), force=force)
-        if engine == "local":
+                return dag_flow(config_path=config, overrides=list(set_ or []), force=force, run_id=run_id)
             from modpipe.pipeline import run as run_pipeline
 
             return run_pipeline(cfg, steps.dag_targets(), run_id=run_id, force=force)
-        raise ConfigError(f"--engine must be 'prefect' or 'local', not {engine!r}")
+        except Exception:
+            _print_failed_run(cfg)
+            raise
 
     result = _guard(go)
     _emit(result)
     _print_run_table(result)
+
+
+def _print_failed_run(cfg: PipelineConfig) -> None:
+    """A failed run still wrote its summary and report (what failed first): say where they are."""
+    try:
+        summary = json.loads((cfg.run_path / "run_summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    if summary.get("outcome") == "failed":
+        console.print(f"run {summary.get('run_id')} failed at step {summary.get('failed_step')}; "
+                      f"report: {cfg.run_path / 'report.html'}", highlight=False)
 
 
 def _print_run_table(result: dict) -> None:

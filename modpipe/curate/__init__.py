@@ -194,5 +194,14 @@ def run(cfg: PipelineConfig, ctx: StepContext) -> dict[str, Any]:
     w.timings["total"] = time.perf_counter() - t0
     (ctx.out / "timings.json").write_text(json.dumps({"resumed": w.resumed, "skipped_shards": w.skipped,
                                                       **{k: round(v, 2) for k, v in w.timings.items()}}))
+    stats = json.loads((ctx.out / "stats.json").read_text())
+    if not stats.get("docs"):  # fail here, with the quarantine kept in the failed record, not later downstream
+        where = (ctx.failed_dir or ctx.out) / "quarantine" / "quarantine.jsonl"
+        raise CurateError(f"no document survived curation of {raw['kind']} input {raw['raw_dir']} "
+                          f"({stats.get('quarantined', 0)} record(s)/file(s) quarantined: {where})")
     log.info("curate: done in %.1f s", w.timings["total"])
     return _outputs(ctx.out, raw, harvest)
+
+
+class CurateError(RuntimeError):
+    """Curation produced nothing usable; the message says where the rejected input is listed."""

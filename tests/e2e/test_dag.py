@@ -50,9 +50,9 @@ def test_modpipe_run_whole_dag_and_tune_feeds_publish(smoke_built, ray_local, tm
     assert r.returncode == 0, r.stderr[-4000:]
     summary = json.loads((run_dir / "run_summary.json").read_text())
     assert summary["outcome"] == "succeeded" and list(summary["steps"]) == [
-        "curate", "contracts", "pretrain", "adapt", "tune", "publish"]
+        "curate", "contracts", "pretrain", "adapt", "baseline", "tune", "publish"]
     assert all(summary["steps"][s]["skipped"] for s in ("curate", "contracts", "pretrain"))
-    assert not any(summary["steps"][s]["skipped"] for s in ("adapt", "tune", "publish"))
+    assert not any(summary["steps"][s]["skipped"] for s in ("adapt", "baseline", "tune", "publish"))
     assert Path(summary["report"]).is_file() and "Traceback" not in r.stderr
     assert_whole(run_dir)
 
