@@ -9,8 +9,9 @@ from pathlib import Path
 from modpipe.paths import REPO_ROOT
 
 SMOKE = str(REPO_ROOT / "recipes" / "smoke.yaml")
-MICRO = ["tune.num_samples=1", "tune.max_concurrent_trials=1"]
-"""On top of the smoke recipe, for the many whole-DAG runs: one tune trial (adapt is already one epoch)."""
+MICRO = ["tune.num_samples=1", "tune.tasks=[man_section]"]
+"""On top of the smoke recipe, for the many whole-DAG runs: one tune trial of one task (adapt is already one
+epoch)."""
 
 
 def copy_run(built_dir: Path, dst: Path, steps=("raw", "curate", "contracts", "pretrain")) -> Path:
