@@ -378,6 +378,37 @@ def registry_verify(ref: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME/
         raise typer.Exit(1)
 
 
+@app.command("predict")
+def predict_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="NAME@ALIAS, NAME/VERSION or models:/...")],
+    input_: Annotated[list[str], typer.Option("--input", "-i", help="JSONL / Parquet / txt file or folder (repeat)")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Parquet file to write")],
+    tracking_uri: Annotated[Optional[str], typer.Option(
+        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the config's registry)")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    config: ConfigOpt = None, set_: SetOpt = None,
+) -> None:
+    """Batch predictions of a registered module on Ray Data (inputs read through the corpus' hardened readers,
+    bad rows quarantined beside the output); the module passes the one registry check first."""
+    _setup_logging()
+
+    def go():
+        from modpipe.curate.readers import limits_of
+        from modpipe.predict import predict
+        from modpipe.registry import tracking_uri as config_uri
+        from modpipe.registry.store import default_cache
+
+        cfg = _load(config, set_)
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or config_uri(cfg)
+        cache = cfg.publish.cache_dir or default_cache()
+        c = cfg.corpus
+        return predict(model, list(input_), output, uri, cache, text_field=c.text_field, id_field=c.id_field,
+                       batch_size=batch_size, max_record_bytes=c.max_record_bytes, limits=limits_of(c),
+                       ray_config=cfg.ray)
+
+    _emit(_guard(go))
+
+
 @app.command("config")
 def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Print the resolved config as YAML."""

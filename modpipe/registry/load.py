@@ -221,7 +221,8 @@ def load_pyfunc_module(module_dir: str | Path, config: dict[str, Any]) -> Loaded
     rules = Rules.from_tags(config.get("rules") or {})
     verdict = check(module_dir, backbone_dir, rules, expected_files=files, expected_digest=config.get("module_digest"),
                     gated_tokenizer_files=config.get("tokenizer_files"),
-                    recorded_measurement=config.get("measured") or None)
+                    recorded_measurement=measurement({f"{MEASURED_PREFIX}{k}": str(v)
+                                                      for k, v in (config.get("measured") or {}).items()}) or None)
     return build(config.get("name", "?"), None, verdict, module_dir, backbone_dir)
 
 

@@ -418,3 +418,80 @@ def test_twenty_concurrent_publishes_to_a_real_mlflow_server(world, tmp_path, fr
     finally:
         server.terminate()
         server.wait(30)
+
+
+# ---------------------------------------------------------------------------------------------------- predict, serve
+
+
+def test_modpipe_predict_on_a_file_from_a_fresh_process(world, tmp_path, ray_local):
+    """``modpipe predict`` with only the tracking URI (no config, no run dir): Ray Data batches, hardened readers
+    (bad rows quarantined with their line), Parquet out with label, probabilities and the module version."""
+    import pyarrow.parquet as pq
+
+    out = _publish(_cfg(tmp_path), world, world["good"])
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + "\n".join([
+        json.dumps({"id": "a", "text": "grep sed the page"}), "{not json", json.dumps({"id": "b", "text": 7}),
+        json.dumps({"id": "c", "text": "ssh rsync the options"}), "[" * 10000,
+        json.dumps({"id": "d", "text": "[" * 10000}),
+    ]).encode() + b"\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODPIPE", "MLFLOW"))}
+    env.update(MLFLOW_TRACKING_URI=out["tracking_uri"], MODPIPE_CACHE=str(tmp_path / "cache"),
+               RAY_ADDRESS=ray_local.get_runtime_context().gcs_address)
+    r = subprocess.run([sys.executable, "-m", "modpipe", "predict", "--model", "modpipe-toy@champion", "--input",
+                        str(src), "--output", str(tmp_path / "pred.parquet")], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    assert summary["version"] == "1" and summary["predicted"] == 3 and summary["quarantined"] == 3
+    rows = pq.read_table(tmp_path / "pred.parquet").to_pylist()
+    assert [x["id"] for x in rows] == ["a", "c", "d"]
+    assert [x["label"] for x in rows[:2]] == ["alpha", "beta"]
+    assert all(x["version"] == "1" and x["model"] == "modpipe-toy" and x["labels"] == ["alpha", "beta"] and
+               abs(sum(x["probabilities"]) - 1) < 1e-4 for x in rows)
+    bad = [json.loads(line) for line in (tmp_path / "pred.parquet.quarantine.jsonl").read_text().splitlines()]
+    assert sorted((b["line"], b["reason"]) for b in bad)[:2] == [(2, "malformed_json"), (3, "bad_type")]
+    assert sorted(b["line"] for b in bad)[2] == 5  # 10,000 nested brackets: quarantined, not a crash
+    assert not list(tmp_path.glob(".pred.parquet*"))  # no spool or temp file left
+
+
+def test_pyfunc_served_over_http_by_mlflow_models_serve(world, tmp_path, free_port):
+    """Each version is an MLflow pyfunc written as models-from-code (no pickle): ``mlflow models serve -m
+    models:/NAME@ALIAS --env-manager local`` on 127.0.0.1 answers real requests."""
+    import time
+    import urllib.request
+
+    from modpipe.registry.store import local_path
+
+    out = _publish(_cfg(tmp_path, "publish.alias=prod"), world, world["good"])
+    model_dir = local_path(out["registered"][0]["source"]).parent.parent
+    assert (model_dir / "MLmodel").is_file() and (model_dir / "pyfunc_model.py").is_file()
+    assert not [p for p in model_dir.rglob("*") if p.suffix in (".pkl", ".pickle")]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODPIPE", "MLFLOW"))}
+    env.update(MLFLOW_TRACKING_URI=out["tracking_uri"], MODPIPE_CACHE=str(tmp_path / "cache"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")  # an activated venv
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m",
+                               "models:/modpipe-toy@prod", "--env-manager", "local", "-h", "127.0.0.1", "-p",
+                               str(port)], env=env, cwd=tmp_path, stdout=log, stderr=log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/ping", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        body = json.dumps({"dataframe_records": [{"text": "grep sed the page"}, {"text": "ssh rsync the flag"}]})
+        req = urllib.request.Request(f"{url}/invocations", body.encode(), {"Content-Type": "application/json"})
+        got = json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(30)
+    assert [p["label"] for p in got] == ["alpha", "beta"]
+    assert all(abs(sum(p["probabilities"]) - 1) < 1e-4 and p["module_digest"] == out["registered"][0]["module_digest"]
+               for p in got)
