@@ -378,6 +378,28 @@ def registry_verify(ref: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME/
         raise typer.Exit(1)
 
 
+@registry_app.command("matrix")
+def registry_matrix(out: Annotated[Optional[str], typer.Option("--out", help="write the HTML page here")] = None,
+                    config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Compatibility matrix: every registered module version x every registered backbone version (loads / refused
+    and which checks decided), as JSON on stdout and an HTML page."""
+    _setup_logging()
+
+    def go():
+        from pathlib import Path
+
+        from modpipe.registry.matrix import matrix, to_html
+
+        cfg, store = _store(config, set_)
+        result = matrix(store, cfg.publish.model_prefix)
+        page = Path(out) if out else cfg.run_path / "registry" / "compatibility.html"
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(to_html(result))
+        return {**result, "html": str(page)}
+
+    _emit(_guard(go))
+
+
 @app.command("predict")
 def predict_command(
     model: Annotated[str, typer.Option("--model", "-m", help="NAME@ALIAS, NAME/VERSION or models:/...")],

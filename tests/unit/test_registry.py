@@ -495,3 +495,26 @@ def test_pyfunc_served_over_http_by_mlflow_models_serve(world, tmp_path, free_po
     assert [p["label"] for p in got] == ["alpha", "beta"]
     assert all(abs(sum(p["probabilities"]) - 1) < 1e-4 and p["module_digest"] == out["registered"][0]["module_digest"]
                for p in got)
+
+
+# ---------------------------------------------------------------------------------------------------- matrix
+
+
+def test_compatibility_matrix_modules_by_backbones(world, tmp_path):
+    cfg = _cfg(tmp_path)
+    _publish(cfg, world, world["good"])  # on backbone A (v1)
+    on_b = _publish(cfg, world, world["foreign"], backbone=world["b"])  # trained on B, published with B (v2)
+    assert on_b["registered"][0]["backbone"]["version"] == "2"
+    page = tmp_path / "matrix.html"
+    r = _cli("registry", "matrix", "--out", str(page), "--set", f"run_dir={cfg.run_dir}", "--set",
+             "publish.min_metric=0.0")
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert [b["version"] for b in m["backbones"]] == ["1", "2"]
+    cells = {(c["version"], c["backbone"]): c for c in m["cells"]}
+    assert cells[("1", "1")]["loads"] and cells[("2", "2")]["loads"]
+    assert cells[("1", "1")]["linked"] and not cells[("1", "2")]["linked"]
+    for off in (("1", "2"), ("2", "1")):
+        assert not cells[off]["loads"] and "compatibility.backbone_fingerprint" in cells[off]["decided_by"]
+    text = page.read_text()
+    assert "backbone v2" in text and "refused" in text and "compatibility.backbone_fingerprint" in text
