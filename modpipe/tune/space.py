@@ -54,7 +54,13 @@ def sample(tune: TuneConfig, n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def points(tune: TuneConfig, seed: int) -> list[dict[str, Any]]:
-    return grid(tune) if tune.search == "grid" else sample(tune, tune.num_samples, seed)
+    """The sweep's points: ``sample``, or the whole grid in a seeded random order (an asynchronous scheduler
+    judges early trials against the few seen so far: a fixed kind-by-kind order would bias it)."""
+    if tune.search == "grid":
+        pts = grid(tune)
+        random.Random(f"tune-grid-{seed}").shuffle(pts)
+        return pts
+    return sample(tune, tune.num_samples, seed)
 
 
 def label(point: dict[str, Any]) -> str:
