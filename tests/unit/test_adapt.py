@@ -283,7 +283,7 @@ def test_task_fingerprint_follows_the_versioned_fields(tmp_path):
     cfg = load_config(overrides=[])
     assert set(type(cfg.adapt).model_fields) - set(versioned_fields(cfg.adapt)) == {
         "cpus_per_worker", "gpus_per_worker", "max_failures", "task_retries"}
-    assert set(type(cfg.tune).model_fields) - set(versioned_fields(cfg.tune)) == {"max_concurrent_trials"}
+    assert set(type(cfg.tune).model_fields) - set(versioned_fields(cfg.tune)) == {"max_concurrent_trials", "state_dir"}
 
 
 # ---------------------------------------------------------------- the real run
