@@ -258,6 +258,9 @@ class TuneConfig(_Section):
     """Epochs per trial (ASHA max_t)."""
     grace_period: PositiveInt = 1
     """Epochs every trial runs before ASHA may stop it."""
+    reduction_factor: float = 3.0
+    """ASHA: a trial continues past a rung (grace_period x reduction_factor^k epochs) only when it is in the top
+    1/reduction_factor of the trials that reached that rung."""
     metric: Literal["val_macro_f1", "val_accuracy"] = "val_macro_f1"
     """Validation metric maximised; the best config is the best (trial, epoch) on it."""
     state_dir: str | None = unversioned(None)
@@ -281,6 +284,13 @@ class TuneConfig(_Section):
         if not v:
             raise ValueError("needs at least one module kind")
         return list(dict.fromkeys(v))
+
+    @field_validator("reduction_factor")
+    @classmethod
+    def _rf(cls, v: float) -> float:
+        if not v > 1:
+            raise ValueError("must be > 1")
+        return v
 
     @field_validator("grace_period")
     @classmethod

@@ -123,7 +123,12 @@ def publish(cfg: PipelineConfig, backbone: str, modules: dict[str, str], manifes
             result["rejected"].append({"task": task, "reason": str(err)})
             continue
         task_dir = Path(tasks_dir) / task if tasks_dir is not None else None
-        verdict = check(path, backbone, Rules.of(cfg.publish, task), task_dir=task_dir)
+        try:
+            verdict = check(path, backbone, Rules.of(cfg.publish, task), task_dir=task_dir)
+        except Exception as err:  # noqa: BLE001 - a module the check cannot even read is refused, not raised
+            result["rejected"].append({"task": task, "reason": f"check failed: {type(err).__name__}: {err}"})
+            log.warning("publish: %s not published: check failed: %s", task, err)
+            continue
         if not verdict.passed:
             result["rejected"].append({"task": task, "reason": "; ".join(verdict.reasons),
                                        "fields": [f.__dict__ for f in verdict.fields if not f.ok]})

@@ -260,12 +260,14 @@ def _fit_sweep(cfg: PipelineConfig, job: AdaptJob, kinds: dict, scaling: Scaling
         tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
     else:
         concurrent = max_concurrent(cfg, scaling)
-        log.info("tune: %s: %d trial(s) (<= %d at once) over %s, %s over %d epochs (grace %d): %s", job.task,
-                 len(pts), concurrent, ", ".join(t.methods), t.scheduler, t.epochs, t.grace_period,
+        log.info("tune: %s: %d trial(s) (<= %d at once) over %s, %s over %d epochs (grace %d, reduction %g): %s",
+                 job.task, len(pts), concurrent, ", ".join(t.methods), t.scheduler, t.epochs, t.grace_period,
+                 t.reduction_factor,
                  "; ".join(label(p) for p in pts))
         # max_t one past the last epoch: a trial that trains to the end returns from fit() by itself instead of
         # being stopped (killed) by the scheduler at its final report.
-        scheduler = (ASHAScheduler(time_attr="epoch", max_t=t.epochs + 1, grace_period=t.grace_period)
+        scheduler = (ASHAScheduler(time_attr="epoch", max_t=t.epochs + 1, grace_period=t.grace_period,
+                                   reduction_factor=t.reduction_factor)
                      if t.scheduler == "asha" else FIFOScheduler())
         tuner = tune.Tuner(
             trainable,

@@ -24,7 +24,7 @@ SPACE = ('tune.space={lora: {lr: [0.01, 0.03], params: {r: [2, 4]}}, '
 def tune_sets(run_dir: Path, state: Path) -> list[str]:
     return [f"run_dir={run_dir}", "adapt.batch_size=16", "adapt.max_length=64", "adapt.num_workers_per_task=1",
             "adapt.cpus_per_worker=1", "adapt.max_failures=0", "tune.tasks=[doc_kind]", "tune.num_samples=3",
-            "tune.max_concurrent_trials=1", "tune.epochs=2", "tune.grace_period=1", "tune.methods=[lora,bottleneck]",
+            "tune.max_concurrent_trials=1", "tune.epochs=1", "tune.grace_period=1", "tune.methods=[lora,bottleneck]",
             SPACE, f"tune.state_dir={state}"]
 
 
@@ -193,7 +193,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(killed_and_resto
     # the trial that had finished kept its module dir and its Train run: nothing of it was trained again
     for name, mtime in k["done"].items():
         assert (k["work"] / "modules" / name).stat().st_mtime_ns == mtime
-    finished_runs = {n: e for n, e in k["runs_before"].items() if len(e) == 2}
+    finished_runs = {n: e for n, e in k["runs_before"].items() if len(e) == k["cfg"].tune.epochs}
     assert finished_runs, k["runs_before"]
     for name, epochs in finished_runs.items():
         assert sorted(c.name for c in (k["work"] / "train" / name).glob("epoch-*")) == epochs
