@@ -298,19 +298,22 @@ class _FreeStoppedTrialWorkers:
     When ASHA stops a trial its driver is killed, and the TorchTrainer's worker-group placement group can stay
     reserved (Train V2's cleaner actor does not always get to it); on a small cluster the next trial then waits
     for CPUs forever. Every few seconds this looks for placement groups of this job created during the sweep
-    that no live actor uses, and removes those found orphaned on two checks in a row (a starting trial's
-    group gets its actors right after creation, so it is never orphaned twice). Needs the state API (dashboard);
+    that no live actor uses, and removes those found orphaned on every check for ``ORPHAN_GRACE_S`` (a starting
+    trial's group gets its actors right after creation; on a loaded machine the state API can take many seconds
+    to list them: two checks 3 s apart once removed a starting trial's group). Needs the state API (dashboard);
     without it the sweep goes on and the leftovers are removed after the sweep.
     """
 
     EVERY_S = 3.0
+    ORPHAN_GRACE_S = 30.0
 
     def __init__(self) -> None:
         import ray
 
         self.before = _placement_groups()
         self.job = ray.get_runtime_context().get_job_id()
-        self.suspects: set[str] = set()
+        self.suspects: dict[str, float] = {}
+        """Orphaned placement group -> when it was first seen orphaned (monotonic seconds)."""
         self.last = 0.0
         self.enabled = True
 
@@ -343,10 +346,13 @@ class _FreeStoppedTrialWorkers:
             log.warning("tune: cannot list actors (%s); leftover placement groups are removed after the sweep", err)
             self.enabled = False
             return
-        for pg_id in orphans & self.suspects:
-            log.info("tune: removing placement group %s left by a stopped trial", pg_id)
-            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
-        self.suspects = orphans - self.suspects
+        now = time.monotonic()
+        self.suspects = {pg: self.suspects.get(pg, now) for pg in orphans}  # orphaned on every check since then
+        for pg_id, since in list(self.suspects.items()):
+            if now - since >= self.ORPHAN_GRACE_S:
+                log.info("tune: removing placement group %s left by a stopped trial", pg_id)
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+                del self.suspects[pg_id]
 
 
 def _placement_groups() -> set[str]:
