@@ -321,6 +321,16 @@ class PublishConfig(_Section):
     reproduce_tolerance: float = 0.02
     """A candidate whose test split is the one its module.json records must reproduce its recorded test metric
     within this when measured here (a module whose weights came from elsewhere does not)."""
+    require_beat_baseline: bool = True
+    """A candidate below its task's classical baseline beyond noise (the upper end of the paired-bootstrap interval
+    of module minus baseline, on the task's own metric over the same test rows, below 0) is registered as
+    ``challenger_alias`` at most, never ``alias``; so is one with no baseline to compare with. False: not judged."""
+    baseline: Literal["tfidf_lr", "majority"] = "tfidf_lr"
+    """Which of the baseline step's baselines a candidate must not be below."""
+    baseline_confidence: float = 0.95
+    """Two-sided confidence of the paired-bootstrap interval of module minus baseline."""
+    baseline_resamples: int = 1000
+    """Paired resamples of the test rows for that interval."""
     model_prefix: str = "modpipe"
     """Registered model name = ``<model_prefix>-<task>``; the backbone is ``<model_prefix>-backbone``."""
     alias: str = "champion"
@@ -346,6 +356,20 @@ class PublishConfig(_Section):
 
         if v in _RESERVED_ALIASES or re.fullmatch(r"v\d+", v):
             raise ValueError(f"{v!r} is reserved by MLflow (latest, v<number>)")
+        return v
+
+    @field_validator("baseline_confidence")
+    @classmethod
+    def _confidence(cls, v: float) -> float:
+        if not 0.5 <= v < 1:
+            raise ValueError("must be in [0.5, 1)")
+        return v
+
+    @field_validator("baseline_resamples")
+    @classmethod
+    def _resamples(cls, v: int) -> int:
+        if not 100 <= v <= 100_000:
+            raise ValueError("must be between 100 and 100000")
         return v
 
     @field_validator("task_metrics")

@@ -29,8 +29,15 @@ quality (the task's rule: metric, direction, threshold; ``max_ece``)
                         edited to name this backbone over foreign weights is caught here)
   ``metric``            measured metric against the threshold in the rule's direction
   ``ece``               classifiers: measured expected calibration error <= max_ece
+promotion (publish only, when given a ``BaselineBar``; a failure here registers the module as challenger at most)
+  ``baseline``          measured on the current test split, the module is not below the task's classical baseline
+                        beyond noise: module minus baseline on the task's metric over the same test rows, paired
+                        bootstrap interval, its upper end >= 0 (lower-is-better metrics: its lower end <= 0).
+                        Metrics that need probabilities (AUROC, ECE) are compared as point values.
 
-A module that fails integrity or compatibility is never loaded (not even to be evaluated).
+A module that fails integrity or compatibility is never loaded (not even to be evaluated). ``Verdict.passed``
+covers integrity, compatibility and quality (what registering and loading need); ``Verdict.promotable`` adds
+promotion.
 """
 
 from __future__ import annotations
@@ -112,6 +119,20 @@ class Rules:
         return a >= b - tolerance if self.direction == "higher" else a <= b + tolerance
 
 
+@dataclass(frozen=True)
+class BaselineBar:
+    """The classical baseline a publish candidate is judged against (from the baseline step's baselines.json):
+    its name, test predictions file, test metrics and the digests of the split it was computed on."""
+
+    name: str
+    predictions: Path
+    metrics: dict[str, Any]
+    test_digest: str | None
+    labels_digest: str | None
+    resamples: int = 1000
+    confidence: float = 0.95
+
+
 @dataclass
 class Field:
     group: str
@@ -131,6 +152,8 @@ class Verdict:
     manifest: dict[str, Any] = field(default_factory=dict)
     recorded: dict[str, Any] = field(default_factory=dict)
     """The module's own metrics.json."""
+    baseline: dict[str, Any] | None = None
+    """The promotion.baseline comparison (name, metric, module, baseline, delta, low, high, rows, ...)."""
     measured: dict[str, Any] = field(default_factory=dict)
     """Test metrics the quality group judged (``source``: ``measured`` here, ``registry`` or ``metrics.json``)."""
 
@@ -140,14 +163,24 @@ class Verdict:
 
     @property
     def passed(self) -> bool:
-        return bool(self.fields) and all(f.ok for f in self.fields)
+        """Integrity, compatibility and quality pass: the module may be registered and loaded."""
+        return bool(self.fields) and all(f.ok for f in self.fields if f.group != "promotion")
+
+    @property
+    def promotable(self) -> bool:
+        """``passed`` and every promotion field (the baseline bar) passes: the module may take the champion alias."""
+        return self.passed and all(f.ok for f in self.fields)
 
     def group_ok(self, *groups: str) -> bool:
         return all(f.ok for f in self.fields if f.group in groups)
 
     @property
     def reasons(self) -> list[str]:
-        return [f"{f.group}.{f.name}: {f.detail}" for f in self.fields if not f.ok]
+        return [f"{f.group}.{f.name}: {f.detail}" for f in self.fields if not f.ok and f.group != "promotion"]
+
+    @property
+    def promotion_reasons(self) -> list[str]:
+        return [f"{f.group}.{f.name}: {f.detail}" for f in self.fields if not f.ok and f.group == "promotion"]
 
     @property
     def digest(self) -> str:
@@ -162,6 +195,7 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return {"module_dir": self.module_dir, "backbone_dir": self.backbone_dir, "passed": self.passed,
                 "rules": asdict(self.rules), "digest": self.digest if self.files else None,
+                "promotable": self.promotable, "baseline": self.baseline,
                 "measured": {k: v for k, v in self.measured.items() if k not in ("ids", "pred_ids", "probs")},
                 "fields": [asdict(f) for f in self.fields]}
 
@@ -234,11 +268,14 @@ def _number(v: Any) -> float | None:
 def check(module_dir: str | Path, backbone_dir: str | Path | None, rules: Rules, *,
           expected_files: dict[str, str] | None = None, expected_digest: str | None = None,
           gated_tokenizer_files: dict[str, str] | None = None, task_dir: str | Path | None = None,
-          recorded_measurement: dict[str, Any] | None = None, evaluate_batch_size: int = 32) -> Verdict:
+          recorded_measurement: dict[str, Any] | None = None, evaluate_batch_size: int = 32,
+          baseline: BaselineBar | str | None = None) -> Verdict:
     """Run every field (see the module docstring). ``task_dir``: measure on its test split (only when integrity and
     compatibility passed); else ``recorded_measurement`` (the registry's); else the module's metrics.json.
     ``expected_files`` / ``expected_digest``: the registry's record of this version's files.
-    ``gated_tokenizer_files``: the backbone tokenizer files the module was gated with (registry)."""
+    ``gated_tokenizer_files``: the backbone tokenizer files the module was gated with (registry).
+    ``baseline``: the bar of the promotion group; a string is the reason there is none (the field fails);
+    None: promotion is not judged (loaders)."""
     root = Path(module_dir)
     v = Verdict(str(root), str(backbone_dir) if backbone_dir is not None else None, rules)
     if not root.is_dir() or root.is_symlink():
@@ -250,6 +287,8 @@ def check(module_dir: str | Path, backbone_dir: str | Path | None, rules: Rules,
     elif v.manifest:
         _compatibility(v, Path(backbone_dir), gated_tokenizer_files)
     _quality(v, root, backbone_dir, task_dir, recorded_measurement, evaluate_batch_size)
+    if baseline is not None and v.passed:
+        _promotion(v, baseline)
     return v
 
 
@@ -374,6 +413,48 @@ def _quality(v: Verdict, root: Path, backbone: str | Path | None, task_dir: str 
         else:
             v.add("quality", "ece", ece <= rules.max_ece, f"test_ece={ece:.4f} "
                   + ("<=" if ece <= rules.max_ece else "above max_ece") + f" {rules.max_ece}")
+
+
+def _promotion(v: Verdict, bar: BaselineBar | str) -> None:
+    """``promotion.baseline``: the candidate against its task's classical baseline on the same test rows."""
+    from modpipe.baseline import PAIRED_METRICS, paired_bootstrap
+
+    rules = v.rules
+    if isinstance(bar, str):
+        v.add("promotion", "baseline", False, f"no classical baseline to compare with: {bar}")
+        return
+    if v.measured.get("source") != "measured" or "pred_ids" not in v.measured:
+        v.add("promotion", "baseline", False, "not measured on the current test split: no comparison")
+        return
+    if (bar.test_digest, bar.labels_digest) != (v.measured.get("test_digest"), v.measured.get("labels_digest")):
+        v.add("promotion", "baseline", False, f"the {bar.name} baseline was computed on another test split "
+              f"(test sha256 {str(bar.test_digest)[:12]}, this split {str(v.measured.get('test_digest'))[:12]})")
+        return
+    sign = 1 if rules.direction == "higher" else -1
+    if rules.metric in PAIRED_METRICS:
+        try:
+            cmp = paired_bootstrap(v.measured["ids"], v.measured["pred_ids"], bar.predictions, n=bar.resamples,
+                                   confidence=bar.confidence, metric=rules.metric)
+        except (OSError, ValueError, KeyError) as err:
+            v.add("promotion", "baseline", False, f"cannot compare with the {bar.name} baseline: {err}")
+            return
+        v.baseline = {"name": bar.name, "metric": rules.metric, **cmp}
+        worse = (cmp["high"] if sign > 0 else -cmp["low"]) < 0
+        where = (f"{rules.metric} {cmp['module']:.4f} vs {bar.name} {cmp['baseline']:.4f}: difference "
+                 f"{cmp['delta']:+.4f}, {cmp['confidence']:.0%} paired-bootstrap interval "
+                 f"[{cmp['low']:+.4f}, {cmp['high']:+.4f}] over {cmp['rows']} test rows")
+        v.add("promotion", "baseline", not worse, f"below the {bar.name} baseline beyond noise: {where}" if worse
+              else f"not below the {bar.name} baseline beyond noise: {where}")
+        return
+    base, mod = _number(bar.metrics.get(rules.metric)), v.value
+    if base is None or mod is None:
+        v.add("promotion", "baseline", False, f"no {rules.metric} for the {bar.name} baseline or the module")
+        return
+    v.baseline = {"name": bar.name, "metric": rules.metric, "module": mod, "baseline": base, "delta": mod - base}
+    ok = rules.at_least_as_good(mod, base)
+    v.add("promotion", "baseline", ok, f"{rules.metric} {mod:.4f} vs {bar.name} {base:.4f} (point values: no "
+          f"interval for a metric of probabilities; {rules.direction} is better)"
+          + ("" if ok else f": below the {bar.name} baseline"))
 
 
 def _reproduces(v: Verdict, root: Path) -> None:

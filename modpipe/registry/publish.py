@@ -11,7 +11,9 @@ For each task (``publish(cfg, backbone, modules, manifest, tasks_dir, run_id)``)
    pyfunc written as models-from-code (``pyfunc_model.py``) holding the module files, and one version of
    ``<prefix>-<task>`` with its lineage, the gate's rules and measurement, and every file's sha256 as tags.
    Identical content (same ``module_digest``) is the existing version, never a new one.
-4. The alias: the candidate takes ``publish.alias`` (champion) only if it is at least as good as the current
+4. The alias: a candidate below its task's classical baseline beyond noise (``policy``'s ``promotion.baseline``,
+   against the baseline step's numbers; ``publish.require_beat_baseline``) takes ``publish.challenger_alias``
+   with that reason. Otherwise it takes ``publish.alias`` (champion) only if it is at least as good as the current
    champion, both measured on the current test split in this run (``publish.tolerance``); a champion that can no
    longer be fetched, checked or evaluated counts as absent, and the reason is recorded. Otherwise the candidate
    takes ``publish.challenger_alias``. Every move goes to the ledger (``ledger.py``) with its reason and run id.
@@ -37,7 +39,7 @@ from modpipe.registry.load import (MEASURED_PREFIX, MODULE_SUBDIR, PYFUNC_SHA_PR
                                    verify)
 from modpipe.config_base import NAME_PATTERN
 from modpipe.registry.names import NameError_, backbone_name, is_name, literal, model_name
-from modpipe.registry.policy import Rules, Verdict, check, scan, tokenizer_files, verify_files
+from modpipe.registry.policy import BaselineBar, Rules, Verdict, check, scan, tokenizer_files, verify_files
 from modpipe.registry.store import RegistryError, Store, local_path
 
 log = logging.getLogger("modpipe.registry")
@@ -78,7 +80,7 @@ def run(cfg: PipelineConfig, ctx) -> dict[str, Any]:
         log.info("publish: %s: candidate from %s: %s", task, c["from"], c["module"])
     out = publish(cfg, ctx.inputs["pretrain"]["backbone"], {t: c["module"] for t, c in picks.items()},
                   ctx.inputs["curate"]["manifest"], tasks_dir=ctx.inputs["curate"].get("tasks_dir"),
-                  run_id=ctx.run_id)
+                  run_id=ctx.run_id, baselines=ctx.inputs["baseline"].get("baselines"))
     out = {**out, "candidates": picks}
     (ctx.out / "publish.json").write_text(json.dumps(out, indent=2, default=str))
     return {**out, "record": str(ctx.out / "publish.json")}
@@ -87,11 +89,41 @@ def run(cfg: PipelineConfig, ctx) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- publish
 
 
+def baseline_bars(cfg: PipelineConfig, baselines: str | Path | None, tasks: list[str]) -> dict[str, BaselineBar | str | None]:
+    """Each task's promotion bar from the baseline step's ``baselines.json`` (its per-task folders beside it):
+    a ``BaselineBar``, the reason there is none (the candidate then stays challenger), or None when
+    ``publish.require_beat_baseline`` is off."""
+    p = cfg.publish
+    if not p.require_beat_baseline:
+        return {t: None for t in tasks}
+    if not baselines:
+        return {t: "no baseline step output given to publish" for t in tasks}
+    try:
+        data = json.loads(Path(baselines).read_text())
+    except (OSError, ValueError) as err:
+        return {t: f"{baselines} unreadable: {err}" for t in tasks}
+    bars: dict[str, BaselineBar | str | None] = {}
+    for t in tasks:
+        entry = data.get(t) if isinstance(data, dict) else None
+        b = (entry or {}).get(p.baseline) if isinstance(entry, dict) else None
+        if not isinstance(b, dict):
+            bars[t] = (f"the baseline step has no {p.baseline} for task {t!r}"
+                       + (f" ({entry['error']})" if isinstance(entry, dict) and entry.get("error") else ""))
+            continue
+        split = entry.get("split") or {}
+        bars[t] = BaselineBar(p.baseline, Path(baselines).parent / t / str(b.get("predictions")), b,
+                              split.get("test_digest"), split.get("labels_digest"), p.baseline_resamples,
+                              p.baseline_confidence)
+    return bars
+
+
 def publish(cfg: PipelineConfig, backbone: str, modules: dict[str, str], manifest: str,
-            tasks_dir: str | Path | None = None, run_id: str | None = None) -> dict[str, Any]:
+            tasks_dir: str | Path | None = None, run_id: str | None = None,
+            baselines: str | Path | None = None) -> dict[str, Any]:
     """Gate, register, decide aliases (see the module docstring); a bad module is rejected, never raised.
     Without ``tasks_dir`` nothing is measured: the quality group judges the modules' own metrics.json and the
-    champion comparison uses the registry's recorded measurements."""
+    champion comparison uses the registry's recorded measurements. ``baselines``: the baseline step's
+    baselines.json (without it, and with ``publish.require_beat_baseline`` on, no candidate becomes champion)."""
     from modpipe.models.fingerprint import read_backbone_fingerprint
 
     store = store_of(cfg)
@@ -114,6 +146,7 @@ def publish(cfg: PipelineConfig, backbone: str, modules: dict[str, str], manifes
                "config_fingerprint": fingerprint(cfg.model_dump(mode="json"))}
 
     passing: list[tuple[str, str, Verdict, Path | None]] = []
+    bars = baseline_bars(cfg, baselines, sorted(modules))
     for task, path in sorted(modules.items()):
         try:
             name = model_name(cfg.publish.model_prefix, task)
@@ -124,7 +157,7 @@ def publish(cfg: PipelineConfig, backbone: str, modules: dict[str, str], manifes
             continue
         task_dir = Path(tasks_dir) / task if tasks_dir is not None else None
         try:
-            verdict = check(path, backbone, Rules.of(cfg.publish, task), task_dir=task_dir)
+            verdict = check(path, backbone, Rules.of(cfg.publish, task), task_dir=task_dir, baseline=bars[task])
         except Exception as err:  # noqa: BLE001 - a module the check cannot even read is refused, not raised
             result["rejected"].append({"task": task, "reason": f"check failed: {type(err).__name__}: {err}"})
             log.warning("publish: %s not published: check failed: %s", task, err)
@@ -152,8 +185,9 @@ def publish(cfg: PipelineConfig, backbone: str, modules: dict[str, str], manifes
             log.error("publish: %s not published: %s", task, err)
             continue
         result["registered"].append({**reg, "alias": decision["alias"], "decision": decision,
-                                     "metric": {verdict.rules.metric: verdict.value}})
-        result["decisions"].append({"task": task, "name": name, "version": reg["version"], **decision})
+                                     "metric": {verdict.rules.metric: verdict.value}, "baseline": verdict.baseline})
+        result["decisions"].append({"task": task, "name": name, "version": reg["version"], **decision,
+                                    "baseline": verdict.baseline})
         log.info("publish: %s v%s -> %s: %s", name, reg["version"], decision["alias"] or "(no move)",
                  decision["reason"])
     return result
@@ -342,6 +376,8 @@ def register_module(store: Store, cfg: PipelineConfig, name: str, task: str, ver
                 "backbone.name": bb["name"], "backbone.version": bb["version"],
                 "backbone.tokenizer_files": bb["tokenizer_files"], "gate.run_id": str(run_id),
                 **{f"{MEASURED_PREFIX}{k}": v for k, v in measured.items()},
+                **{f"gate.baseline.{k}": (f"{v:.6g}" if isinstance(v, float) else str(v))
+                   for k, v in (verdict.baseline or {}).items()},
                 **{f"metric.{k}": f"{v:.6g}" for k, v in _numbers(verdict.recorded).items()}}
         file_tags = {**{f"{SHA_PREFIX}{k}": v for k, v in verdict.files.items()},
                      **{f"{PYFUNC_SHA_PREFIX}{k}": v for k, v in pyfunc_files.items()}}
@@ -412,7 +448,8 @@ def decide(store: Store, cfg: PipelineConfig, name: str, version: str, verdict: 
     for attempt in range(MAX_DECISION_ROUNDS + 1):
         last = attempt == MAX_DECISION_ROUNDS  # evaluate under the lock: no more waiting for a quiet moment
         current = store.alias_version(name, p.alias)
-        if not last and current is not None and current != version and current not in evaluated:
+        if verdict.promotable and not last and current is not None and current != version and \
+                current not in evaluated:
             evaluated[current] = champion_value(store, name, current, rules, task_dir)
         with store.writing():
             now = store.alias_version(name, p.alias)
@@ -423,12 +460,16 @@ def decide(store: Store, cfg: PipelineConfig, name: str, version: str, verdict: 
             if current == version:
                 return {"alias": p.alias, "moved": False, "candidate": value, "champion": champ | {"value": value},
                         "reason": f"v{version} is already {p.alias}"}
-            if current is not None:
+            if current is not None and verdict.promotable:  # a candidate below its baseline is not compared
                 if current not in evaluated:
                     evaluated[current] = champion_value(store, name, current, rules, task_dir)
                 champ["value"], champ["note"] = evaluated[current]
             cand = f"candidate v{version} {rules.metric}={value:.4f}"
-            if champ["value"] is None:
+            if not verdict.promotable:
+                alias = p.challenger_alias
+                reason = (f"{cand} is not promoted: " + "; ".join(verdict.promotion_reasons)
+                          + (f"; {p.alias} stays at v{current}" if current is not None else f"; no {p.alias}"))
+            elif champ["value"] is None:
                 alias = p.alias
                 reason = f"{cand}; {champ['note']}"
             elif rules.at_least_as_good(value, champ["value"], p.tolerance):

@@ -166,6 +166,7 @@ def publish_one(run_dir: str, uri: str, artifacts: str | None, backbone: str, mo
         from modpipe.registry import publish
 
         sets = [f"run_dir={run_dir}", f"publish.tracking_uri={uri}", "publish.min_metric=0.0",
+                "publish.require_beat_baseline=false",  # champion mechanics under concurrency, no baseline step
                 f"publish.cache_dir={Path(run_dir).parent / 'cache'}"]  # one verified download cache for all
         cfg = load_config(overrides=sets + ([f"publish.artifact_location={artifacts}"] if artifacts else []))
     except BaseException as err:  # noqa: BLE001 - reported to the test

@@ -51,3 +51,32 @@ def test_paired_bootstrap_separates_worse_from_noise(tmp_path):
         other = tmp_path / "other.parquet"
         pd.DataFrame({"id": ["x"], "label_id": [0], "pred_id": [0]}).to_parquet(other)
         compare(other, base / "majority.parquet")
+
+
+def test_vectorised_bootstrap_metrics_equal_sklearn():
+    """The hand-written resampled macro-F1 and accuracy give sklearn's numbers, classes absent from a resample
+    included (sklearn's average="macro" over the labels present in y_true or y_pred, zero_division=0)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from modpipe.baseline import _accuracy, _macro_f1
+
+    rng = np.random.default_rng(1)
+    y, p = rng.integers(0, 5, 60), rng.integers(0, 4, 60)
+    p[:10] = y[:10]
+    idx = rng.integers(0, 60, (40, 60))
+    idx[0] = 0  # one resample of a single row: one class present
+    got_f1, got_acc = _macro_f1(y, p, idx, 5), _accuracy(y, p, idx, 5)
+    for i, rows in enumerate(idx):
+        assert got_f1[i] == pytest.approx(f1_score(y[rows], p[rows], average="macro", zero_division=0))
+        assert got_acc[i] == pytest.approx(accuracy_score(y[rows], p[rows]))
+
+
+def test_baselines_record_the_split_they_were_computed_on(tmp_path):
+    from modpipe.lineage import sha256_file
+
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}"])
+    tasks = _task(tmp_path / "tasks")
+    compute(cfg, tasks, tmp_path / "out")
+    split = json.loads((tmp_path / "out" / "baselines.json").read_text())["topics"]["split"]
+    assert split == {"test_digest": sha256_file(tasks / "topics" / "test.parquet"),
+                     "labels_digest": sha256_file(tasks / "topics" / "labels.json")}

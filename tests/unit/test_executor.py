@@ -175,8 +175,8 @@ def test_every_consumer_of_curated_data_reads_the_contracts_step():
     for step in steps.STEPS:
         if "curate" in step.inputs:
             assert step.name == "contracts" or "contracts" in step.inputs, step.name
-    assert [s.name for s in steps.plan(["publish"])] == ["curate", "contracts", "pretrain", "adapt", "tune",
-                                                          "publish"]
+    assert [s.name for s in steps.plan(["publish"])] == ["curate", "contracts", "pretrain", "adapt", "baseline",
+                                                          "tune", "publish"]
     assert [s.name for s in steps.plan(["pretrain"])] == ["curate", "contracts", "pretrain"]
 
 

@@ -40,14 +40,16 @@ def world(tmp_path_factory):
 
 
 def _cfg(tmp_path: Path, *extra: str):
-    return load_config(overrides=[f"run_dir={tmp_path / 'run'}", "publish.min_metric=0.0", *extra])
+    """Champion mechanics on their own: the baseline bar is off unless a test turns it on."""
+    return load_config(overrides=[f"run_dir={tmp_path / 'run'}", "publish.min_metric=0.0",
+                                  "publish.require_beat_baseline=false", *extra])
 
 
-def _publish(cfg, world, module, task=TASK, run_id="test", backbone=None):
+def _publish(cfg, world, module, task=TASK, run_id="test", backbone=None, baselines=None):
     from modpipe.registry import publish
 
     return publish(cfg, str(backbone or world["a"]), {task: str(module)}, str(world["manifest"]),
-                   tasks_dir=world["tasks"], run_id=run_id)
+                   tasks_dir=world["tasks"], run_id=run_id, baselines=baselines)
 
 
 def _metric(module: Path, key: str = "test_macro_f1") -> float:
@@ -166,6 +168,65 @@ def test_champion_moves_only_for_an_at_least_as_good_candidate(world, tmp_path):
             "sha256.config.json"} <= set(bmv.tags)
     assert mv.tags["measured.test_macro_f1"] and mv.tags["gate.metric"] == "test_macro_f1"
     assert len(client.search_model_versions("name = 'modpipe-backbone'")) == 1
+
+
+def _baselines(world, tmp_path: Path, predict) -> Path:
+    """The baseline step's own output on the world's task, with its tfidf_lr predictions replaced by
+    ``predict(label_ids)`` (a baseline as strong or as weak as a test needs)."""
+    import pandas as pd
+
+    from modpipe.baseline import compute
+
+    out = tmp_path / "baseline"
+    out.mkdir(parents=True)
+    compute(load_config(overrides=[f"run_dir={tmp_path / 'run'}"]), world["tasks"], out)
+    preds = out / TASK / "tfidf_lr.parquet"
+    df = pd.read_parquet(preds)
+    df.assign(pred_id=predict(df["label_id"].to_numpy())).to_parquet(preds)
+    return out / "baselines.json"
+
+
+def test_a_candidate_below_its_baseline_stays_challenger(world, tmp_path):
+    """The default gate: a module below the classical baseline beyond noise is registered as challenger with the
+    numbers; one within noise of it (here: its own predictions) may take champion; a missing baseline fails
+    closed; ``publish.require_beat_baseline=false`` turns the bar off."""
+    from modpipe.registry import store_of
+
+    perfect = _baselines(world, tmp_path / "perfect", lambda y: y)  # every test label right
+    cfg = _cfg(tmp_path, "publish.require_beat_baseline=true")
+    out = _publish(cfg, world, world["weak"], run_id="r1", baselines=perfect)
+    d = out["decisions"][0]
+    assert (d["version"], d["alias"]) == ("1", "challenger"), d
+    assert "below the tfidf_lr baseline beyond noise" in d["reason"] and "no champion" in d["reason"]
+    assert d["baseline"]["baseline"] == 1.0 and d["baseline"]["high"] < 0 and d["baseline"]["rows"] == 40
+    assert store_of(cfg).alias_version("modpipe-toy", "champion") is None
+    from mlflow import MlflowClient
+
+    tags = MlflowClient(tracking_uri=out["tracking_uri"]).get_model_version("modpipe-toy", "1").tags
+    assert float(tags["gate.baseline.baseline"]) == 1.0 and float(tags["gate.baseline.high"]) < 0
+
+    # the good module against a baseline that predicts exactly what the module predicts: a tie, not below
+    import pandas as pd
+
+    mine = pd.read_parquet(world["good"] / "test_predictions.parquet")
+    same = _baselines(world, tmp_path / "same", lambda y: mine["pred_id"].to_numpy())
+    out = _publish(cfg, world, world["good"], run_id="r2", baselines=same)
+    d = out["decisions"][0]
+    assert d["alias"] == "champion" and d["baseline"]["delta"] == 0.0, d
+
+    # fail closed: no baseline output at all -> challenger, with the reason; a baseline of another split too
+    out = _publish(cfg, world, world["tie"], run_id="r3")
+    d = out["decisions"][0]
+    assert d["alias"] == "challenger" and "no baseline step output" in d["reason"], d
+    stale = json.loads(same.read_text())
+    stale[TASK]["split"]["test_digest"] = "0" * 64
+    same.write_text(json.dumps(stale))
+    out = _publish(cfg, world, world["tie"], run_id="r4", baselines=same)
+    assert out["decisions"][0]["alias"] == "challenger" and "another test split" in out["decisions"][0]["reason"]
+
+    off = _cfg(tmp_path / "off")
+    out = _publish(off, world, world["weak"], run_id="r5", baselines=perfect)
+    assert out["decisions"][0]["alias"] == "champion" and out["decisions"][0]["baseline"] is None
 
 
 def test_a_champion_that_cannot_be_loaded_counts_as_absent(world, tmp_path):

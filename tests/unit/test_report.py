@@ -114,7 +114,14 @@ def test_figure_data_of_the_other_sections(good_run):
     # registry and the headline
     assert {r["task"] for r in facts["registry"]["registered"]} == {r["task"] for r in summary["publish"]["registered"]}
     champions = [r for r in summary["publish"]["registered"] if r["alias"] == "champion"]
-    assert len(facts["headline"]["promoted"]) == len(champions) > 0
+    assert len(facts["headline"]["promoted"]) == len(champions)
+    # the default gate: a module below its classical baseline beyond noise stays challenger, and says so
+    for r in summary["publish"]["registered"]:
+        below = r["baseline"]["high"] < 0
+        assert (r["alias"] == "challenger") if below else True, r
+        if below:
+            assert "below the tfidf_lr baseline beyond noise" in r["decision"]["reason"]
+    assert len(facts["headline"]["challengers"]) == len(summary["publish"]["registered"]) - len(champions)
     assert facts["headline"]["config_fingerprint"] and facts["failure"] is None
 
 
@@ -184,7 +191,7 @@ def test_end_of_modpipe_run_is_one_screen(good_run, failed_run):
 
     from modpipe import cli
 
-    for (run_dir, summary), must in ((good_run, ("succeeded", "promoted", "man_section", "pretrain loss")),
+    for (run_dir, summary), must in ((good_run, ("succeeded", "modpipe-man_section v", "pretrain loss")),
                                      (failed_run, ("failed at contracts", "n_tokens", "data contracts"))):
         old = cli.console
         cli.console = Console(record=True, width=160, file=io.StringIO())
@@ -207,7 +214,7 @@ def test_prefect_summary_text(good_run, failed_run):
     good, bad = _facts(good_run), _facts(failed_run)
     md = markdown(good)
     assert md.startswith(f"# modpipe run {good_run[1]['run_id']}: succeeded") and "file://" not in md
-    assert all(f"| {k} |" in md for k, _ in good["metrics"]) and "promoted **modpipe-man_section" in md
+    assert all(f"| {k} |" in md for k, _ in good["metrics"]) and "**modpipe-man_section v" in md
     md_bad = markdown(bad)
     assert md_bad.index("## What failed: contracts") < md_bad.index("## Steps") and "n_tokens" in md_bad
     assert [r["step"] for r in funnel_rows(good)][:2] == ["read", "normalize"]
@@ -232,7 +239,7 @@ def test_prefect_artifacts_carry_the_content(good_run):
         funnel = json.loads(Artifact.get(artifact_key(cfg, "curation-funnel"), _sync=True).data)
         modules = json.loads(Artifact.get(artifact_key(cfg, "modules"), _sync=True).data)
     assert md.type == "markdown" and f"modpipe run {summary['run_id']}: succeeded" in md.data
-    assert "curated docs" in md.data and "promoted **modpipe-" in md.data
+    assert "curated docs" in md.data and "**modpipe-man_section v" in md.data
     stats = json.loads(Path(summary["curate"]["stats"]).read_text())
     assert [(r["step"], r["in"], r["out"]) for r in funnel] == [(s["name"], s["in"], s["out"]) for s in stats["steps"]]
     assert {r["task"] for r in modules} == set(summary["adapt"]["modules"])
