@@ -112,6 +112,8 @@ class FreezeConfig(_Section):
 
 
 ModuleMethod = Literal["lora", "ia3", "prefix", "prompt", "bottleneck", "linear_probe", "full"]
+HeadKind = Literal["linear", "mlp", "mean"]
+"""Task heads (``modpipe.models.heads``): linear or MLP on the last token's state, or linear on the mean state."""
 
 
 class AdaptConfig(_Section):
@@ -127,8 +129,9 @@ class AdaptConfig(_Section):
     (head only, backbone frozen) | full (every weight trains)."""
     methods: dict[Name, ModuleMethod] = {}
     """Per-task override of ``method``, e.g. ``{man_language: bottleneck}``."""
-    head: Literal["linear", "mlp"] = "linear"
-    """Task head on the last non-pad token's hidden state: one linear layer, or linear-activation-linear."""
+    head: HeadKind = "linear"
+    """Task head: ``linear`` or ``mlp`` (linear-activation-linear) on the last non-pad token's hidden state;
+    ``mean``: linear on the mean of every real token's hidden state (not with method prompt)."""
     lora: LoraConfig = LoraConfig()
     ia3: IA3Config = IA3Config()
     prefix: PrefixConfig = PrefixConfig()
@@ -200,7 +203,7 @@ class SearchSpace(_Section):
     points of their product, grid search takes all of them)."""
 
     lr: list[PositiveFloat] = [1e-3, 3e-3, 1e-2]
-    head: list[Literal["linear", "mlp"]] = ["linear"]
+    head: list[HeadKind] = ["linear"]
     top_k: list[NonNegativeInt] = [0]
     """Backbone blocks that train too (freeze policy ``top_k``); 0: the backbone stays frozen."""
     params: dict[str, list[int | float | str]] = {}

@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from modpipe.config_adapt import AdaptConfig, FreezeConfig
+from modpipe.config_adapt import AdaptConfig, FreezeConfig, HeadKind
 from modpipe.lineage import fingerprint
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class AdaptJob(_Frozen):
     backbone: str
     labels: tuple[str, ...]
     module: ModuleConfig
-    head: Literal["linear", "mlp"]
+    head: HeadKind
     freeze: FreezeConfig
     train_fraction: float
     lr: float
@@ -119,6 +119,12 @@ class AdaptJob(_Frozen):
     select_metric: str
     """Validation metric that picks the epoch whose weights become the module."""
     seed: int
+
+    @model_validator(mode="after")
+    def _head_fits_method(self) -> AdaptJob:
+        if self.head == "mean" and self.module.kind == "prompt":
+            raise ValueError("head 'mean' needs right-padded batches; method 'prompt' pads on the left")
+        return self
 
     @property
     def method(self) -> str:

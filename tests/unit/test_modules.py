@@ -89,7 +89,8 @@ def changed(before: dict[str, torch.Tensor], t) -> set[str]:
 # ---------------------------------------------------------------- every kind: train, save, load, same outputs
 
 
-@pytest.mark.parametrize("method,head", [(m, "linear") for m in METHODS] + [("bottleneck", "mlp"), ("lora", "mlp")])
+@pytest.mark.parametrize("method,head", [(m, "linear") for m in METHODS] + [("bottleneck", "mlp"), ("lora", "mlp"),
+                                                                            ("lora", "mean"), ("linear_probe", "mean")])
 def test_every_kind_trains_saves_and_reloads_to_identical_predictions(world, tmp_path, method, head):
     before = backbone_state(world["backbone"])
     t = build_trainable(str(world["backbone"]), 3, **job(method, head))
@@ -230,3 +231,25 @@ def test_manifest_without_a_field_is_refused(world, module_dir, tmp_path):
     manifest["module"]["method"] = "mystery"
     (copy / "module.json").write_text(json.dumps(manifest))
     assert _refused(world["backbone"], copy) == ["hidden_size", "module.method"]
+
+
+def test_mean_head_pools_every_real_token_and_ignores_right_padding(world):
+    """The ``mean`` head's logits for a text are the same alone and in a right-padded batch beside a longer one,
+    and equal the linear layer applied to the mean of the text's hidden states."""
+    from modpipe.models.modules import build_classifier, encode
+
+    model = build_classifier(world["backbone"], 3, "mean", seed=0).eval()
+    short, long = "grep searches files", "tar creates and extracts archives of many files in one go " * 3
+    with torch.no_grad():
+        alone = model(**encode(world["tokenizer"], [short], MAX_LEN)).logits
+        batch = model(**encode(world["tokenizer"], [short, long], MAX_LEN)).logits
+        enc = encode(world["tokenizer"], [short], MAX_LEN)
+        states = model.model(**enc).last_hidden_state
+        by_hand = model.score[1](states[0].mean(0))
+    torch.testing.assert_close(batch[0], alone[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(alone[0], by_hand, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="pads on the left"):
+        from modpipe.adapt.job import make_job
+        from modpipe.config import load_config
+
+        make_job(load_config(None, ["adapt.method=prompt", "adapt.head=mean"]), world["task"], world["backbone"])
