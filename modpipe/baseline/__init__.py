@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -72,14 +73,17 @@ def _fit_score(cfg: PipelineConfig, task, kind: str, out: Path) -> dict[str, Any
     from modpipe.evaluate import classification_metrics
 
     train, test = task.splits["train"], task.splits["test"]
+    t0 = time.perf_counter()
     probs = _predict_proba(cfg, kind, train.texts, train.label_ids, test.texts, len(task.labels))
+    seconds = time.perf_counter() - t0
     preds = probs.argmax(1).tolist()
     pq.write_table(pa.table({"id": test.ids, "label_id": pa.array(test.label_ids, pa.int64()),
                              "pred_id": pa.array(preds, pa.int64())}), out / f"{kind}.parquet")
     metrics = classification_metrics(test.label_ids, preds, prefix="test_", probs=probs,
                                      num_labels=len(task.labels))
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()} | {
-        "n_train": len(train.texts), "n_test": len(test.texts), "predictions": f"{kind}.parquet"}
+        "n_train": len(train.texts), "n_test": len(test.texts), "predictions": f"{kind}.parquet",
+        "train_seconds": round(seconds, 3)}
 
 
 def _predict_proba(cfg: PipelineConfig, kind: str, train_texts: Sequence[str], train_y: Sequence[int],

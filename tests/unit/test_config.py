@@ -2,6 +2,7 @@ import pytest
 
 from modpipe.config import ConfigError, PipelineConfig, load_config
 from modpipe.lineage import StepDir, fingerprint
+from modpipe.paths import REPO_ROOT
 
 
 def test_defaults_load_and_match_schema():
@@ -169,3 +170,10 @@ def test_executor_creates_a_private_run_dir(tmp_path):
     cfg = load_config(overrides=[f"run_dir={run_dir}"])
     res = execute(Step("noop", f"{__name__}:_noop_step", ("seed",)), cfg, {}, run_id="r1")
     assert res.succeeded and stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO_ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_loads_and_validates(recipe):
+    """Each recipe validates and runs in its own run dir (runs/<recipe name>): recipes never share steps' dirs."""
+    cfg = load_config(str(recipe))
+    assert str(cfg.run_dir).rstrip("/").endswith(f"runs/{recipe.stem}"), cfg.run_dir
