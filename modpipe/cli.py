@@ -3,7 +3,9 @@
 Every command takes ``--config FILE`` and repeated ``--set key.path=value``; on failure it prints one line
 ``error: <reason>`` to stderr and exits non-zero.  ``run`` and one command per step of ``modpipe/steps.py`` go
 through the one executor; the step commands are also the Ray job entrypoints:
-``ray job submit --working-dir . -- python -m modpipe curate --set run_dir=/shared/runs/x``.
+``ray job submit --working-dir . -- python -m modpipe curate --set run_dir=/shared/runs/x``. While they run,
+long steps show progress bars on an interactive terminal outside CI, plain log lines anywhere else
+(``modpipe.progress``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from modpipe.config import ConfigError, PipelineConfig, dump_config, load_config
+from modpipe.progress import terminal_bars
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="modpipe: curate -> pretrain -> adapt -> tune -> publish")
 registry_app = typer.Typer(no_args_is_help=True, help="Inspect the module registry.")
@@ -106,13 +109,14 @@ def run(
         if engine not in ("prefect", "local"):
             raise ConfigError(f"--engine must be 'prefect' or 'local', not {engine!r}")
         try:
-            if engine == "prefect":
-                from flows.dag import dag_flow  # lazy: the library itself never imports prefect
+            with terminal_bars(console):
+                if engine == "prefect":
+                    from flows.dag import dag_flow  # lazy: the library itself never imports prefect
 
-                return dag_flow(config_path=config, overrides=list(set_ or []), force=force, run_id=run_id)
-            from modpipe.pipeline import run as run_pipeline
+                    return dag_flow(config_path=config, overrides=list(set_ or []), force=force, run_id=run_id)
+                from modpipe.pipeline import run as run_pipeline
 
-            return run_pipeline(cfg, steps.dag_targets(), run_id=run_id, force=force)
+                return run_pipeline(cfg, steps.dag_targets(), run_id=run_id, force=force)
         except Exception:
             _print_failed_run(cfg)
             raise
@@ -195,7 +199,9 @@ def _step_command(name: str, help_text: str) -> None:
         def go():
             from modpipe.pipeline import run as run_pipeline
 
-            summary = run_pipeline(_load(config, set_), [name], run_id=run_id, force=force)
+            cfg = _load(config, set_)
+            with terminal_bars(console):
+                summary = run_pipeline(cfg, [name], run_id=run_id, force=force)
             out = {"run_id": summary["run_id"], "step": summary["steps"][name], **summary[name]}
             for r in out.get("rejected", []) if name == "publish" else []:
                 console.print(f"not published: {r['task']}: {r['reason']}")

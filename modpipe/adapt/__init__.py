@@ -153,6 +153,7 @@ def _fit_all(cfg: PipelineConfig, scaling: Scaling, pending: list[tuple[AdaptJob
 
     from modpipe.adapt.schedule import Job, capacity, run_jobs
     from modpipe.adapt.trainer import fit_task
+    from modpipe.progress import Relay
     from modpipe.raycluster import ensure_ray
 
     ensure_ray(cfg.ray)
@@ -161,7 +162,11 @@ def _fit_all(cfg: PipelineConfig, scaling: Scaling, pending: list[tuple[AdaptJob
     free, total = capacity()
     log.info("adapt: %d task(s), each trainer holds %s; Ray has %s free of %s", len(pending), demand, free, total)
     jobs = [Job(job.task, demand, (job, run_)) for job, run_ in pending]
-    sched = run_jobs(jobs, lambda payload: remote_fit.remote(payload[0], scaling, payload[1]),
-                     retries=cfg.adapt.task_retries, free=free, total=total)
+    with Relay() as relay:  # each trainer's controller reports its epochs to this process's progress sink
+        bars = {job.task: relay.task(f"adapt/{job.task}", job.epochs, f"adapt {job.task} (epochs)")
+                for job, _ in pending}
+        sched = run_jobs(jobs, lambda payload: remote_fit.remote(payload[0], scaling, payload[1],
+                                                                 bars[payload[0].task]),
+                         retries=cfg.adapt.task_retries, free=free, total=total)
     log.info("adapt: at most %s held at once", sched.peak_in_use)
     return [{"task": task, **out} for task, out in sched.results.items()]

@@ -56,8 +56,13 @@ def best_checkpoint(checkpoints: list, metric: str):
     return max(reported, key=lambda cm: (cm[1][metric], cm[1].get("epoch", 0)))
 
 
-def fit_task(job: AdaptJob, scaling: Scaling, run: TrainRun) -> dict[str, Any]:
-    """Train one task, evaluate its best epoch on the test split, write its module dir.
+EPOCH_FIELDS = ("train_loss", "val_macro_f1")
+"""What a task's progress bar shows beside its epochs."""
+
+
+def fit_task(job: AdaptJob, scaling: Scaling, run: TrainRun, bar=None) -> dict[str, Any]:
+    """Train one task, evaluate its best epoch on the test split, write its module dir; ``bar``: a
+    ``modpipe.progress`` bar (of a ``Relay``: this runs in a Ray task) moved at every epoch's report.
 
     Never raises: returns ``{"task", "module", "metrics"}`` or ``{"task", "error"}`` so other tasks go on.
     """
@@ -67,7 +72,10 @@ def fit_task(job: AdaptJob, scaling: Scaling, run: TrainRun) -> dict[str, Any]:
     except ImportError:  # pragma: no cover - older layouts
         TrainingFailedError = Exception  # noqa: N806
     try:
-        trainer = make_trainer(job, scaling, run.name, run.storage, run.max_failures)
+        from modpipe.progress import train_callback
+
+        callbacks = [train_callback(bar, "epoch", EPOCH_FIELDS)] if bar is not None else None
+        trainer = make_trainer(job, scaling, run.name, run.storage, run.max_failures, callbacks)
         t0 = time.time()
         log.info("%s: training (%d epochs, %d worker(s)) as Ray run %s/%s", job.task, job.epochs,
                  scaling.num_workers, run.storage, run.name)

@@ -14,8 +14,8 @@ encode      docs -> ``tokenizers`` ``encode_batch`` -> ``doc EOS doc EOS ...`` -
             (``rows_per_shard`` rows each) and ``encoded/part-NNNNN.json`` (the shard list; the done marker)
 
 Nothing depends on timing or on which worker ran a shard, so a rerun after a kill gives the same bytes.  Each
-pass logs one line when it ends (shards run and skipped, summed counts, seconds); Ray Data's own progress output
-is turned off while it runs (``quiet_ray_data``).
+pass reports its shards as they finish (``modpipe.progress``) and logs one line when it ends (shards run and
+skipped, summed counts, seconds); Ray Data's own progress output is turned off while it runs (``quiet_ray_data``).
 """
 
 from __future__ import annotations
@@ -135,14 +135,19 @@ def run_pass(name: str, items: list[dict], fn: Callable, parallelism: int, skipp
     line at the end with the sum of each count ``fn`` returns."""
     import ray
 
+    from modpipe import progress
+
     t = time.perf_counter()
     totals: Counter = Counter()
     if items:
+        bar = progress.task(f"curate/{name}", len(items) + skipped, f"curate {name} (shards)", completed=skipped)
         with quiet_ray_data():
             ds = ray.data.from_items(items, override_num_blocks=len(items))
             for row in ds.map(fn, fn_kwargs=kwargs, num_cpus=1,
                               compute=ray.data.TaskPoolStrategy(size=min(parallelism, len(items)))).iter_rows():
                 totals.update({k: v for k, v in row.items() if k != "index"})
+                bar.advance()
+        bar.done()
     counts = ", ".join(f"{k} {v}" for k, v in totals.items())
     log.info("curate: %-9s %d shard(s) in %.1f s on %d worker(s)%s%s", name + ":", len(items),
              time.perf_counter() - t, min(parallelism, len(items)), f", {skipped} already done" if skipped else "",

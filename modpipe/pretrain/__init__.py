@@ -76,25 +76,31 @@ def _read_inputs(curate_out: dict, num_workers: int) -> tuple[dict, list[str], P
 
 
 def _fit(cfg: PipelineConfig, job: dict, storage: Path, name: str):
-    """One TorchTrainer run; returns Ray's Result (its checkpoint is the final one, with ``hf/``)."""
+    """One TorchTrainer run; returns Ray's Result (its checkpoint is the final one, with ``hf/``). Progress: the
+    steps of each checkpoint's report (every ``checkpoint_every`` steps and the last), with the loss."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from modpipe.progress import Relay, train_callback
+
     p = cfg.pretrain
-    trainer = TorchTrainer(
-        train_loop_per_worker=train_loop_per_worker,
-        train_loop_config=job,
-        scaling_config=ScalingConfig(num_workers=p.num_workers, use_gpu=p.use_gpu),
-        torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"),
-        run_config=RunConfig(
-            name=name,
-            storage_path=str(storage),
-            checkpoint_config=CheckpointConfig(num_to_keep=p.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=p.max_failures),
-        ),
-    )
     try:
-        result = trainer.fit()
+        with Relay() as relay:  # the callback runs in the run's controller actor; its events come back here
+            bar = relay.task("pretrain", p.steps, "pretrain (steps)")
+            trainer = TorchTrainer(
+                train_loop_per_worker=train_loop_per_worker,
+                train_loop_config=job,
+                scaling_config=ScalingConfig(num_workers=p.num_workers, use_gpu=p.use_gpu),
+                torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"),
+                run_config=RunConfig(
+                    name=name,
+                    storage_path=str(storage),
+                    checkpoint_config=CheckpointConfig(num_to_keep=p.keep_checkpoints),
+                    failure_config=FailureConfig(max_failures=p.max_failures),
+                    callbacks=[train_callback(bar, "step", ("loss",))],
+                ),
+            )
+            result = trainer.fit()
     except TrainingFailedError as err:
         raise PretrainError(f"pretraining failed (Ray run {storage / name}): {err}") from err
     if result.checkpoint is None:

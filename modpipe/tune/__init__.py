@@ -241,6 +241,7 @@ def _fit_sweep(cfg: PipelineConfig, job: AdaptJob, kinds: dict, scaling: Scaling
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from modpipe.progress import task, tune_callback
     from modpipe.raycluster import ensure_ray
     from modpipe.tune.seal import Seal, seal_callback
 
@@ -275,7 +276,9 @@ def _fit_sweep(cfg: PipelineConfig, job: AdaptJob, kinds: dict, scaling: Scaling
             tune_config=tune.TuneConfig(metric=t.metric, mode="max", num_samples=1, scheduler=scheduler,
                                         max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=exp_name, storage_path=str(storage), verbose=1,
-                                      callbacks=[free_stopped_trial_workers(), seal_callback(seal)]),
+                                      callbacks=[free_stopped_trial_workers(), seal_callback(seal),
+                                                 tune_callback(task(f"tune/{job.task}", len(pts),
+                                                                    f"tune {job.task} (trials)"), t.metric)]),
         )
     seal.record()  # tuner.pkl, written by the Tuner just now
     before = _placement_groups()
