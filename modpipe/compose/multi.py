@@ -79,15 +79,20 @@ def split_module_weights(module_dir: str | Path) -> tuple[dict, dict]:
 
 
 def build_head(head_tensors: dict, hidden: int):
-    """The task head from its saved tensors: today's ``score`` (a bias-free Linear H -> K), or an MLP saved as
-    ``score.<i>.weight/bias`` (Linear, activation, Linear)."""
+    """The task head from its saved tensors: today's ``score`` (a bias-free Linear H -> K), the ``mean`` head
+    (``score.1.weight``: running mean, then that Linear), or an MLP saved as ``score.<i>.weight/bias`` (Linear,
+    activation, Linear). Heads apply to every position; the caller keeps the last real token's logits."""
     import torch
     from torch import nn
+
+    from modpipe.models.heads import mean_head
 
     names = sorted(head_tensors)
     if set(names) <= {"score.weight", "score.bias"}:
         w = head_tensors["score.weight"]
         head = nn.Linear(hidden, w.shape[0], bias="score.bias" in head_tensors)
+    elif names == ["score.1.weight"]:
+        head = mean_head(hidden, head_tensors["score.1.weight"].shape[0])
     else:
         idx = sorted({int(n.split(".")[1]) for n in names if n.split(".")[1].isdigit()})
         if len(idx) != 2:

@@ -308,7 +308,7 @@ def test_modules_written_with_metrics_and_manifest(adapted, world):
                   "val_auroc_ovr", "val_ece"):
             assert 0.0 <= m[k] <= 1.0, (k, m[k])
         assert (m["n_train"], m["n_val"], m["n_test"]) == (60, 15, 24)
-        assert (m["method"], m["head"], m["freeze_policy"], m["train_fraction"]) == (method, "linear", "frozen", 1.0)
+        assert (m["method"], m["head"], m["freeze_policy"], m["train_fraction"]) == (method, "mean", "frozen", 1.0)
         assert 0 < m["trainable_params"] < 0.2 * m["total_params"]
         assert m["trainable_pct"] == pytest.approx(100 * m["trainable_params"] / m["backbone_params"], abs=1e-3)
         assert m["train_seconds"] > 0 and [h["epoch"] for h in m["history"]] == [1, 2]
@@ -316,7 +316,7 @@ def test_modules_written_with_metrics_and_manifest(adapted, world):
         module = json.loads((mdir / "module.json").read_text())
         assert module["task"] == task and module["num_labels"] == len(module["labels"])
         assert module["backbone_fingerprint"] == read_backbone_fingerprint(world["backbone"])
-        assert module["seed"] == 0 and module["method"] == method and module["module"]["head"] == "linear"
+        assert module["seed"] == 0 and module["method"] == method and module["module"]["head"] == "mean"
         assert module["metrics"]["test_ece"] == m["test_ece"] and module["metrics"]["trainable_pct"] == m[
             "trainable_pct"]
         if method == "lora":

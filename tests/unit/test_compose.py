@@ -172,3 +172,19 @@ def test_router_over_existing_modules_vs_a_fresh_module(world, tmp_path):
     saved = json.loads((tmp_path / "router" / ROUTER_FILE).read_text())
     assert saved["sources"]["doc_module"]["dir"] == world["modules"]["doc_module"]
     assert set(load_file(str(tmp_path / "router" / ROUTER_WEIGHTS))) >= {"query.weight", "key.weight", "head.weight"}
+
+
+def test_every_head_kind_is_rebuilt_from_its_saved_tensors():
+    """``build_head`` gives back the head a module saved (linear, mlp, mean), same outputs on every position."""
+    import torch
+
+    from modpipe.compose.multi import build_head
+    from modpipe.models.heads import mean_head, mlp_head
+
+    torch.manual_seed(0)
+    hidden, k = 16, 3
+    x = torch.randn(2, 5, hidden)
+    for head in (torch.nn.Linear(hidden, k, bias=False), mlp_head(hidden, k), mean_head(hidden, k)):
+        saved = {f"score.{n}": t for n, t in head.state_dict().items()}
+        rebuilt = build_head(saved, hidden)
+        torch.testing.assert_close(rebuilt(x), head(x))

@@ -248,8 +248,10 @@ def test_mean_head_pools_every_real_token_and_ignores_right_padding(world):
         by_hand = model.score[1](states[0].mean(0))
     torch.testing.assert_close(batch[0], alone[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(alone[0], by_hand, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="pads on the left"):
-        from modpipe.adapt.job import make_job
-        from modpipe.config import load_config
+    from modpipe.config import ConfigError, load_config
 
-        make_job(load_config(None, ["adapt.method=prompt", "adapt.head=mean"]), world["task"], world["backbone"])
+    with pytest.raises(ConfigError, match="adapt.head=linear"):  # the default head, with prompt tuning
+        load_config(None, ["adapt.method=prompt"])
+    with pytest.raises(ConfigError, match="pads on the left"):
+        load_config(None, ['adapt.methods={"t": "prompt"}', "adapt.head=mean"])
+    assert load_config(None, ["adapt.method=prompt", "adapt.head=linear"]).adapt.head == "linear"
