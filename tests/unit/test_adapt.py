@@ -360,6 +360,7 @@ def test_module_reloads_and_reproduces_test_predictions(adapted, world):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from modpipe.evaluate import classification_metrics
+    from modpipe.models.heads import attach_head
     from modpipe.models.modules import load_module, predict_proba
 
     tokenizer = AutoTokenizer.from_pretrained(world["backbone"])
@@ -379,8 +380,10 @@ def test_module_reloads_and_reproduces_test_predictions(adapted, world):
         if m["method"] == "bottleneck":  # up-projections start at zero: non-zero means the adapters trained
             assert any(v.abs().sum() > 0 for k, v in weights.items() if k.endswith("up.weight"))
             continue
-        labels = json.loads((mdir / "module.json").read_text())["labels"]
+        manifest = json.loads((mdir / "module.json").read_text())
+        labels = manifest["labels"]
         base = AutoModelForSequenceClassification.from_pretrained(world["backbone"], num_labels=len(labels))
+        attach_head(base, manifest["module"]["head"], len(labels))  # the one modpipe call: the head's shape
         model = PeftModel.from_pretrained(base, str(mdir)).eval()
         peft_preds = []
         with torch.no_grad():
