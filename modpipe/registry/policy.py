@@ -48,9 +48,12 @@ import os
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modpipe.lineage import canonical_json, sha256_file, sha256_text
+
+if TYPE_CHECKING:
+    from modpipe.registry.promotion import BaselineBar
 
 MODULE_FILE = "module.json"
 METRICS_FILE = "metrics.json"
@@ -117,20 +120,6 @@ class Rules:
     def at_least_as_good(self, a: float, b: float, tolerance: float = 0.0) -> bool:
         """``a`` is at least as good as ``b`` (within ``tolerance``) in this rule's direction."""
         return a >= b - tolerance if self.direction == "higher" else a <= b + tolerance
-
-
-@dataclass(frozen=True)
-class BaselineBar:
-    """The classical baseline a publish candidate is judged against (from the baseline step's baselines.json):
-    its name, test predictions file, test metrics and the digests of the split it was computed on."""
-
-    name: str
-    predictions: Path
-    metrics: dict[str, Any]
-    test_digest: str | None
-    labels_digest: str | None
-    resamples: int = 1000
-    confidence: float = 0.95
 
 
 @dataclass
@@ -288,7 +277,9 @@ def check(module_dir: str | Path, backbone_dir: str | Path | None, rules: Rules,
         _compatibility(v, Path(backbone_dir), gated_tokenizer_files)
     _quality(v, root, backbone_dir, task_dir, recorded_measurement, evaluate_batch_size)
     if baseline is not None and v.passed:
-        _promotion(v, baseline)
+        from modpipe.registry.promotion import judge_baseline
+
+        judge_baseline(v, baseline)
     return v
 
 
@@ -413,48 +404,6 @@ def _quality(v: Verdict, root: Path, backbone: str | Path | None, task_dir: str 
         else:
             v.add("quality", "ece", ece <= rules.max_ece, f"test_ece={ece:.4f} "
                   + ("<=" if ece <= rules.max_ece else "above max_ece") + f" {rules.max_ece}")
-
-
-def _promotion(v: Verdict, bar: BaselineBar | str) -> None:
-    """``promotion.baseline``: the candidate against its task's classical baseline on the same test rows."""
-    from modpipe.baseline import PAIRED_METRICS, paired_bootstrap
-
-    rules = v.rules
-    if isinstance(bar, str):
-        v.add("promotion", "baseline", False, f"no classical baseline to compare with: {bar}")
-        return
-    if v.measured.get("source") != "measured" or "pred_ids" not in v.measured:
-        v.add("promotion", "baseline", False, "not measured on the current test split: no comparison")
-        return
-    if (bar.test_digest, bar.labels_digest) != (v.measured.get("test_digest"), v.measured.get("labels_digest")):
-        v.add("promotion", "baseline", False, f"the {bar.name} baseline was computed on another test split "
-              f"(test sha256 {str(bar.test_digest)[:12]}, this split {str(v.measured.get('test_digest'))[:12]})")
-        return
-    sign = 1 if rules.direction == "higher" else -1
-    if rules.metric in PAIRED_METRICS:
-        try:
-            cmp = paired_bootstrap(v.measured["ids"], v.measured["pred_ids"], bar.predictions, n=bar.resamples,
-                                   confidence=bar.confidence, metric=rules.metric)
-        except (OSError, ValueError, KeyError) as err:
-            v.add("promotion", "baseline", False, f"cannot compare with the {bar.name} baseline: {err}")
-            return
-        v.baseline = {"name": bar.name, "metric": rules.metric, **cmp}
-        worse = (cmp["high"] if sign > 0 else -cmp["low"]) < 0
-        where = (f"{rules.metric} {cmp['module']:.4f} vs {bar.name} {cmp['baseline']:.4f}: difference "
-                 f"{cmp['delta']:+.4f}, {cmp['confidence']:.0%} paired-bootstrap interval "
-                 f"[{cmp['low']:+.4f}, {cmp['high']:+.4f}] over {cmp['rows']} test rows")
-        v.add("promotion", "baseline", not worse, f"below the {bar.name} baseline beyond noise: {where}" if worse
-              else f"not below the {bar.name} baseline beyond noise: {where}")
-        return
-    base, mod = _number(bar.metrics.get(rules.metric)), v.value
-    if base is None or mod is None:
-        v.add("promotion", "baseline", False, f"no {rules.metric} for the {bar.name} baseline or the module")
-        return
-    v.baseline = {"name": bar.name, "metric": rules.metric, "module": mod, "baseline": base, "delta": mod - base}
-    ok = rules.at_least_as_good(mod, base)
-    v.add("promotion", "baseline", ok, f"{rules.metric} {mod:.4f} vs {bar.name} {base:.4f} (point values: no "
-          f"interval for a metric of probabilities; {rules.direction} is better)"
-          + ("" if ok else f": below the {bar.name} baseline"))
 
 
 def _reproduces(v: Verdict, root: Path) -> None:

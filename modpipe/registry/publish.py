@@ -39,7 +39,8 @@ from modpipe.registry.load import (MEASURED_PREFIX, MODULE_SUBDIR, PYFUNC_SHA_PR
                                    verify)
 from modpipe.config_base import NAME_PATTERN
 from modpipe.registry.names import NameError_, backbone_name, is_name, literal, model_name
-from modpipe.registry.policy import BaselineBar, Rules, Verdict, check, scan, tokenizer_files, verify_files
+from modpipe.registry.policy import Rules, Verdict, check, scan, tokenizer_files, verify_files
+from modpipe.registry.promotion import baseline_bars
 from modpipe.registry.store import RegistryError, Store, local_path
 
 log = logging.getLogger("modpipe.registry")
@@ -87,34 +88,6 @@ def run(cfg: PipelineConfig, ctx) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- publish
-
-
-def baseline_bars(cfg: PipelineConfig, baselines: str | Path | None, tasks: list[str]) -> dict[str, BaselineBar | str | None]:
-    """Each task's promotion bar from the baseline step's ``baselines.json`` (its per-task folders beside it):
-    a ``BaselineBar``, the reason there is none (the candidate then stays challenger), or None when
-    ``publish.require_beat_baseline`` is off."""
-    p = cfg.publish
-    if not p.require_beat_baseline:
-        return {t: None for t in tasks}
-    if not baselines:
-        return {t: "no baseline step output given to publish" for t in tasks}
-    try:
-        data = json.loads(Path(baselines).read_text())
-    except (OSError, ValueError) as err:
-        return {t: f"{baselines} unreadable: {err}" for t in tasks}
-    bars: dict[str, BaselineBar | str | None] = {}
-    for t in tasks:
-        entry = data.get(t) if isinstance(data, dict) else None
-        b = (entry or {}).get(p.baseline) if isinstance(entry, dict) else None
-        if not isinstance(b, dict):
-            bars[t] = (f"the baseline step has no {p.baseline} for task {t!r}"
-                       + (f" ({entry['error']})" if isinstance(entry, dict) and entry.get("error") else ""))
-            continue
-        split = entry.get("split") or {}
-        bars[t] = BaselineBar(p.baseline, Path(baselines).parent / t / str(b.get("predictions")), b,
-                              split.get("test_digest"), split.get("labels_digest"), p.baseline_resamples,
-                              p.baseline_confidence)
-    return bars
 
 
 def publish(cfg: PipelineConfig, backbone: str, modules: dict[str, str], manifest: str,
