@@ -21,6 +21,7 @@ from modpipe.config_adapt import (  # noqa: F401 - re-exported: every section is
 from modpipe.config_base import (  # noqa: F401 - ConfigError, Name, check_name are re-exported
     ConfigError, Name, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, _Section, check_name, unversioned,
 )
+from modpipe.config_tasks import TasksConfig, TaskSpec  # noqa: F401 - re-exported
 from modpipe.config_curate import (  # noqa: F401 - re-exported
     CurateConfig, DecontamConfig, GopherConfig, LanguageConfig, MinHashConfig, PiiConfig, RepetitionConfig,
 )
@@ -92,47 +93,6 @@ class CorpusConfig(_Section):
     def _ratio(cls, v: float) -> float:
         if not v >= 1:
             raise ValueError("must be >= 1")
-        return v
-
-
-class TaskSpec(_Section):
-    name: Name
-    """The task's folder under curate's ``tasks/``, its module dirs and its registered model's name."""
-    kind: Literal["man_section", "man_language", "py_package"]
-    """man_section: English page -> its section; man_language: translated page -> its language folder;
-    py_package: stdlib docstring -> its top-level package (always from the stdlib docstrings, a second source of
-    text beside the manual pages)."""
-    max_chars: PositiveInt = 2000
-    """Each example is truncated to this many characters before tokenization."""
-
-
-class TasksConfig(_Section):
-    specs: list[TaskSpec] = [
-        TaskSpec(name="man_section", kind="man_section"),
-        TaskSpec(name="man_language", kind="man_language"),
-        TaskSpec(name="py_package", kind="py_package"),
-    ]
-    val_frac: float = 0.1
-    test_frac: float = 0.2
-    min_examples_per_label: PositiveInt = 20
-    """Labels with fewer (deduplicated) examples are dropped (man_language uses corpus.min_docs_per_language)."""
-    min_chars: NonNegativeInt = 100
-    """Examples shorter than this after normalisation are dropped."""
-
-    @field_validator("test_frac", "val_frac")
-    @classmethod
-    def _frac(cls, v: float) -> float:
-        if not 0.0 < v < 0.5:
-            raise ValueError("must be in (0, 0.5)")
-        return v
-
-    @field_validator("specs")
-    @classmethod
-    def _unique(cls, v: list[TaskSpec]) -> list[TaskSpec]:
-        names = [s.name for s in v]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"task names must be unique: {twice} appear more than once")
         return v
 
 
@@ -229,7 +189,20 @@ class PretrainConfig(_Section):
     zero_stage: int = 2
     """Overrides zero_optimization.stage of the DeepSpeed JSON (0-3)."""
     deepspeed_config: str = unversioned(str(REPO_ROOT / "infra" / "deepspeed" / "zero2.json"))
-    """DeepSpeed JSON (its content, not its path, is part of the step's version); batch sizes, lr, schedule length, stage and bf16 are filled in from this section."""
+    """DeepSpeed JSON (its content, not its path, is part of the step's version); batch sizes, lr, schedule length, stage and bf16 are filled in from this section.
+    A relative path is read from the current directory, else from the repository root (``infra/deepspeed/zero3.json``)."""
+    activation_checkpointing: bool = unversioned(False)
+    """Recompute each decoder block's activations in the backward pass instead of keeping them (transformers'
+    ``gradient_checkpointing_enable``, non-reentrant): about a third more compute for far less activation memory.
+    The same gradients, so it is left out of the version, like the next two: they change how the step runs, not the
+    model it trains (up to float rounding)."""
+    attn_implementation: Literal["sdpa", "eager"] = unversioned("sdpa")
+    """Attention kernel while training: ``sdpa`` (torch's scaled_dot_product_attention, flash / memory-efficient
+    kernels on GPU; transformers' own default) or ``eager`` (matmul + softmax). Not recorded in the export."""
+    fused_adam: bool = unversioned(False)
+    """``torch.optim.AdamW(fused=True)``: one kernel updates every tensor (GPU and CPU) instead of torch's per-list
+    ``foreach`` default. Sets ``torch_adam`` and ``fused`` in the DeepSpeed JSON's optimizer params (its type must
+    be Adam or AdamW); DeepSpeed's own FusedAdam is not used: it JIT-builds a CUDA extension (nvcc on every node)."""
     checkpoint_every: int = unversioned(40)
     """Steps between checkpoints reported to Ray Train (a rerun resumes from the latest)."""
     keep_checkpoints: int = unversioned(2)

@@ -120,8 +120,9 @@ class AdaptConfig(_Section):
     """One module (``method``, per task ``methods``) + head per task on the backbone under a freeze policy; one Ray
     Train run per task, concurrently within the cluster's free resources."""
 
-    tasks: list[Name] = ["man_section", "man_language", "py_package"]
-    """Tasks (folders of curate's tasks_dir) to adapt; when none exists there, every task found is adapted.
+    tasks: list[Name] = []
+    """Tasks (folders of curate's tasks_dir) to adapt; empty (the default), or none of them there: every task
+    curate built (``tasks.specs``).
     Versioned for the step (its output lists these tasks' modules: adding one must re-run adapt), not per task:
     each task's module dir is keyed by its own training fields and data, so only the new task trains."""
     method: ModuleMethod = "lora"

@@ -43,7 +43,25 @@ def run(cfg: PipelineConfig, targets: list[str], *, run_id: str | None = None, f
     except BaseException as err:
         write_summary(cfg, run_id, targets, results, t0, error=err, failed_step=failed[-1] if failed else None)
         raise
+    unusable = failed_tasks(results)
+    if unusable:  # the other tasks went on; the run ends failed for these
+        err = TaskDataError("; ".join(unusable.values()))
+        write_summary(cfg, run_id, targets, results, t0, error=err)
+        raise err
     return write_summary(cfg, run_id, targets, results, t0)
+
+
+class TaskDataError(RuntimeError):
+    """Some tasks' data could not make a task (curate's ``failed_tasks``); every other task ran."""
+
+
+def failed_tasks(results: dict[str, StepResult]) -> dict[str, str]:
+    """Task name -> why curate could not build it, from the curate step's manifest (built or reused)."""
+    res = results.get("curate")
+    manifest = Path(res.outputs.get("manifest", "")) if res is not None and res.outputs else None
+    if manifest is None or not manifest.is_file():
+        return {}
+    return json.loads(manifest.read_text()).get("failed_tasks") or {}
 
 
 def write_summary(cfg: PipelineConfig, run_id: str, targets: list[str], results: dict[str, StepResult],
@@ -55,7 +73,7 @@ def write_summary(cfg: PipelineConfig, run_id: str, targets: list[str], results:
     summary: dict[str, Any] = {
         "run_id": run_id, "targets": list(targets), "outcome": "failed" if error else "succeeded",
         "error": None if error is None else f"{type(error).__name__}: {str(error).strip()}",
-        "failed_step": failed_step,
+        "failed_step": failed_step, "failed_tasks": failed_tasks(results),
         "started": started, "seconds": round(time.time() - started, 2),
         "steps": {**{n: r.summary() for n, r in results.items()},
                   **({failed_step: {"step": failed_step, "state": "failed", "skipped": False, "seconds": None,

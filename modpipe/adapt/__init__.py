@@ -54,9 +54,12 @@ class AdaptError(RuntimeError):
 
 
 def select_tasks(cfg: PipelineConfig, tasks_dir: str | Path) -> list[str]:
-    """``cfg.adapt.tasks`` that exist in ``tasks_dir`` (config order); when none do, every task there."""
+    """``cfg.adapt.tasks`` that exist in ``tasks_dir`` (config order); when none is given or none exists, every
+    task there."""
     available = list_tasks(tasks_dir)
     chosen = [t for t in cfg.adapt.tasks if t in available]
+    if not cfg.adapt.tasks:
+        return available
     if not chosen:
         log.warning("adapt: none of %s in %s; adapting every task found there: %s", cfg.adapt.tasks, tasks_dir,
                     available)

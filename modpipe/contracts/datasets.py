@@ -58,9 +58,10 @@ RAW_COLUMNS = ("id", "text", "source", "language")
 
 
 def read_raw(raw_dir: str | Path, max_rows: int, seed: int, tokenizer=None) -> Dataset:
-    """All ``*.jsonl[.gz]`` under ``raw_dir`` as one dataset (id uniqueness spans files)."""
+    """The records of a raw step dir (its ``part-*.jsonl`` files; never its ``quarantine.jsonl``, whose rows are
+    the rejects) as one dataset (id uniqueness spans files)."""
     root = Path(raw_dir)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz")))
+    files = sorted(p for p in root.glob("part-*.jsonl") if p.is_file())
     rows, bad = [], 0
     for f in files:
         with _open_text(f) as fh:

@@ -9,7 +9,9 @@ passes, top to bottom:
                quarantined): content-addressed step dirs under ``<run_dir>/raw/`` of JSONL parts, whose names are
                the step's external input (``source_digest``).  One part = one shard of curation.
 2. normalize   per shard on Ray Data: read + ``normalize.NormalizeText`` (``passes.normalize_shard``).
-3. tasks       ``tasks.build_tasks`` from the man harvest, on its normalised text -> tasks/.
+3. tasks       ``tasks.build_all``: the man tasks from the man harvest, on its normalised text, the others from
+               the stdlib docstrings or the user's task files (``harvest.ingest_task``) -> tasks/; a task whose
+               data is unusable is listed in ``failed_tasks`` (manifest, stats) and the others go on.
 4. dedup       global verdicts over every shard's (id, content key, MinHash signature) on the driver: exact
                and near duplicates (``dedup``).
 5. filter      per shard on Ray Data: the step chain (``base.Step``: dedup verdicts, decontamination against the
@@ -47,12 +49,19 @@ _DIGESTED: dict[str, tuple[dict, dict]] = {}
 """What ``source_digest`` last found, per config, for the ``run`` that follows it in the executor."""
 
 
+def _needs_man(cfg: PipelineConfig) -> bool:
+    """Whether the man harvest is read: the corpus, or a man task's labels."""
+    return cfg.corpus.source == "man" or any(s.source in ("man_section", "man_language") for s in cfg.tasks.specs)
+
+
 def _sources(cfg: PipelineConfig) -> tuple[dict, dict]:
-    """(man harvest, raw corpus) step results; the raw corpus is the harvest unless ``corpus.source=files``."""
+    """(man harvest, raw corpus) step results; the raw corpus is the harvest unless ``corpus.source=files``.  With
+    user files and no man task, the harvest is not read at all (the corpus stands in for it)."""
     from modpipe.curate import harvest as hv
 
-    harvest = hv.harvest_man(cfg)
-    return harvest, hv.ingest_files(cfg) if cfg.corpus.source == "files" else harvest
+    raw = hv.ingest_files(cfg) if cfg.corpus.source == "files" else None
+    harvest = hv.harvest_man(cfg) if _needs_man(cfg) else raw
+    return harvest, raw or harvest
 
 
 def source_digest(cfg: PipelineConfig) -> dict[str, str]:
@@ -61,10 +70,12 @@ def source_digest(cfg: PipelineConfig) -> dict[str, str]:
     raw dirs named here (and does not read the user's files a second time)."""
     harvest, raw = _DIGESTED[cfg.model_dump_json()] = _sources(cfg)
     out = {"harvest": Path(harvest["raw_dir"]).name, "raw": Path(raw["raw_dir"]).name}
-    if any(t.kind == "py_package" for t in cfg.tasks.specs):  # its docstrings depend on the Python version
-        from modpipe.curate.harvest import harvest_pydocs
+    from modpipe.curate.harvest import harvest_pydocs, ingest_task
 
+    if any(t.kind == "py_package" for t in cfg.tasks.specs):  # its docstrings depend on the Python version
         out["pydocs"] = Path(harvest_pydocs(cfg)["raw_dir"]).name
+    for spec in (s for s in cfg.tasks.specs if s.source == "files"):  # each task file's bytes
+        out[f"task:{spec.name}"] = Path(ingest_task(cfg, spec)["raw_dir"]).name
     return out
 
 
@@ -89,27 +100,30 @@ def _read_parquets(paths: list[Path], columns: list[str]):
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
-def _tasks(w: Work, harvest: dict, cfg: PipelineConfig, normalized: bool) -> tuple[list, dict]:
-    """The tasks from the man harvest's records with their text through ``curate.normalize`` (the troff step strips
-    markup): the normalised shards' text when the harvest is the corpus (``normalized``), else normalised here.
-    Cheap and deterministic: rebuilt on every attempt, written to ``<work>/tasks``."""
+def _tasks(w: Work, harvest: dict, cfg: PipelineConfig, normalized: bool) -> tuple[list, dict, dict]:
+    """(tasks, their summary, failed tasks) built by ``tasks.build_all``: the man tasks from the man harvest's
+    records with their text through ``curate.normalize`` (the troff step strips markup): the normalised shards'
+    text when the harvest is the corpus (``normalized``), else normalised here; the others from their own source.
+    Cheap and deterministic: rebuilt on every attempt, written to ``<work>/tasks``; the task rows quarantined (and
+    the task files' rejected lines) to ``<work>/task_quarantine.jsonl``."""
     from modpipe.curate import harvest as hv
     from modpipe.curate import tasks as tk
     from modpipe.curate.normalize import apply_steps
 
-    records = hv.read_raw(harvest["raw_dir"])
+    records = hv.read_raw(harvest["raw_dir"]) if _needs_man(cfg) else []
     if normalized:
         df = _read_parquets(w.normalized, ["id", "text"])
         texts = dict(zip(df["id"], df["text"]))
     else:
         markup = hv.MARKUP.get(harvest["kind"])
         texts = {r["id"]: apply_steps(r["text"], list(cfg.curate.normalize), markup) for r in records}
-    task_list = tk.build_tasks([{**r, "text": texts.get(r["id"], "")} for r in records], cfg, harvest["kind"])
+    built = tk.build_all([{**r, "text": texts.get(r["id"], "")} for r in records], cfg, harvest["kind"])
     (w.root / ".tmp" / "tasks").mkdir(parents=True)
-    summary = tk.write_tasks(task_list, w.root / ".tmp" / "tasks")
+    summary = tk.write_tasks(built.tasks, w.root / ".tmp" / "tasks")
     shutil.rmtree(w.root / "tasks", ignore_errors=True)
     os.replace(w.root / ".tmp" / "tasks", w.root / "tasks")
-    return task_list, summary
+    tk.write_quarantine(cfg, built, w.root / "task_quarantine.jsonl")
+    return built.tasks, summary, built.failed
 
 
 def _dedup_verdicts(normalized: list[Path], minhash) -> tuple[dict[str, str], dict[str, str]]:
@@ -180,7 +194,7 @@ def run(cfg: PipelineConfig, ctx: StepContext) -> dict[str, Any]:
     with w.timed("normalize"):  # 2. read + normalize, per shard
         passes.normalize_pass(w, c, cfg.corpus.max_record_bytes, _markup(raw))
     with w.timed("tasks"):  # 3. tasks, from the man harvest's normalised text
-        task_list, tasks_summary = _tasks(w, harvest, cfg, normalized=cfg.corpus.source != "files")
+        task_list, tasks_summary, failed_tasks = _tasks(w, harvest, cfg, normalized=cfg.corpus.source != "files")
     with w.timed("dedup_filter"):  # 4. global exact + MinHash dedup -> 5. the filter chain, per shard
         todo = w.pending("filter", w.filtered)
         chain = _chain(c, task_list, *(_dedup_verdicts(w.normalized, minhash) if todo else ({}, {})))
@@ -190,7 +204,7 @@ def run(cfg: PipelineConfig, ctx: StepContext) -> dict[str, Any]:
     with w.timed("encode"):  # 7. encode + pack, per shard
         passes.encode_pass(w, c, tokenizer_json)
 
-    assemble(ctx.out, w, cfg, raw, harvest, chain, tasks_summary)  # 8. the outputs
+    assemble(ctx.out, w, cfg, raw, harvest, chain, tasks_summary, failed_tasks)  # 8. the outputs
     w.timings["total"] = time.perf_counter() - t0
     (ctx.out / "timings.json").write_text(json.dumps({"resumed": w.resumed, "skipped_shards": w.skipped,
                                                       **{k: round(v, 2) for k, v in w.timings.items()}}))

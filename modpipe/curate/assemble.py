@@ -2,8 +2,9 @@
 
 tasks/, docs/, tokenizer/, shards/   hard links to the work dir's files (no copy; the work dir stays whole until
                                      the executor has renamed the outputs into place, so a kill loses nothing)
-quarantine/quarantine.jsonl          the user's rejected files/lines (ingest, in file order), then every shard's
-                                     rejected rows (streamed: never held in memory)
+quarantine/quarantine.jsonl          the user's rejected files/lines (ingest, in file order), the task files' and
+                                     task rows' (``task_quarantine.jsonl``), then every shard's rejected rows
+                                     (streamed: never held in memory)
 manifest.json                        rows, tokens and sha256 per token shard, tokenizer, tasks (``shards``)
 stats.json                           per-step in/out/removed by reason (the steps' merged ``base.Stats``), corpus
 timings.json                         seconds per pass and what a resumed attempt skipped (not compared: timing)
@@ -48,7 +49,9 @@ def _write_quarantine(out: Path, w: Work, raw: dict) -> None:
                     if line.strip():
                         fh.write(json.dumps({"step": "ingest", "id": None, **json.loads(line)},
                                             ensure_ascii=False) + "\n")
-        for q in w.quarantine:
+        for q in [w.root / "task_quarantine.jsonl", *w.quarantine]:
+            if not q.is_file():
+                continue
             with open(q, encoding="utf-8") as src:
                 shutil.copyfileobj(src, fh)
 
@@ -108,7 +111,8 @@ def _sources(raw: dict, harvest: dict, run_path: Path) -> dict[str, Any]:
                         "records": harvest["records"]}}
 
 
-def _manifest(out: Path, w: Work, c, tasks_summary: dict, n_kept: int, corpus_kind: str) -> tuple[dict, int]:
+def _manifest(out: Path, w: Work, c, tasks_summary: dict, failed_tasks: dict, n_kept: int,
+              corpus_kind: str) -> tuple[dict, int]:
     """(manifest.json as written, tokens of the docs before packing)."""
     from tokenizers import Tokenizer
 
@@ -121,11 +125,12 @@ def _manifest(out: Path, w: Work, c, tasks_summary: dict, n_kept: int, corpus_ki
         tokenizer_rel="tokenizer/tokenizer.json", tokenizer_sha=lineage.sha256_file(tok),
         shards=[s for summary in summaries for s in summary["shards"]],
         tasks={k: {kk: v[kk] for kk in ("labels", "train", "val", "test", "kind")} for k, v in tasks_summary.items()},
-        extra={"docs": n_kept, "corpus": corpus_kind})
+        extra={"docs": n_kept, "corpus": corpus_kind, "failed_tasks": failed_tasks})
     return manifest, sum(s["doc_tokens"] for s in summaries)
 
 
-def assemble(out: Path, w: Work, cfg, raw: dict, harvest: dict, chain: list, tasks_summary: dict) -> None:
+def assemble(out: Path, w: Work, cfg, raw: dict, harvest: dict, chain: list, tasks_summary: dict,
+             failed_tasks: dict | None = None) -> None:
     """Write the outputs (see the module docstring) and log the per-step summary."""
     c = cfg.curate
     for sub in LINKED:
@@ -133,7 +138,7 @@ def assemble(out: Path, w: Work, cfg, raw: dict, harvest: dict, chain: list, tas
         shutil.copytree(w.root / sub, out / sub, copy_function=os.link)
     _write_quarantine(out, w, raw)
     stats, pii, n_kept = shard_stats(w)
-    manifest, n_doc_tokens = _manifest(out, w, c, tasks_summary, n_kept, raw["kind"])
+    manifest, n_doc_tokens = _manifest(out, w, c, tasks_summary, failed_tasks or {}, n_kept, raw["kind"])
     total = manifest["total_tokens"]
     rows = step_rows(chain, stats, ingest_counts(raw), pii)
     n_quarantined = sum(r["removed"] for r in rows)  # the ingest rejects are in read's
@@ -144,7 +149,7 @@ def assemble(out: Path, w: Work, cfg, raw: dict, harvest: dict, chain: list, tas
              "tokens": n_doc_tokens},
             {"name": "pack", "in": n_doc_tokens + n_kept, "out": total, "removed": n_doc_tokens + n_kept - total,
              "removed_by_reason": {}, "rows": manifest["total_rows"], "unit": "tokens"}],
-        "quarantined": n_quarantined, "docs": n_kept, "tasks": tasks_summary,
+        "quarantined": n_quarantined, "docs": n_kept, "tasks": tasks_summary, "failed_tasks": failed_tasks or {},
     }
     (out / "stats.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     for s in (r for r in rows if "replaced" not in r):

@@ -408,12 +408,13 @@ def _ingest_row(row: dict, seen: set, q: Quarantine, warn: readers.RejectLog) ->
     return line
 
 
-def _ingest_lines(files: list, c, limits: guard.Limits, q: Quarantine, counts: Counter) -> Iterable[str]:
+def _ingest_lines(files: list, fields: dict, limits: guard.Limits, q: Quarantine, counts: Counter) -> Iterable[str]:
     """Every good record of the files as a raw JSON line (only the ids are held in memory)."""
     seen: set = set()
     for k, f in enumerate(files):
         n, warn = 0, readers.RejectLog()
-        for row in readers.read_input(f, c.text_field, c.id_field, c.max_record_bytes, limits=limits):
+        for row in readers.read_input(f, fields["text_field"], fields["id_field"], fields["max_record_bytes"],
+                                      limits=limits, extra_fields=tuple(fields.get("extra_fields", ()))):
             line = _ingest_row(row, seen, q, warn)
             if line is not None:
                 n += 1
@@ -427,17 +428,32 @@ def ingest_files(cfg: PipelineConfig) -> dict[str, Any]:
     """``corpus.source = files``: read the user's files (read-only, through ``guard``) into raw JSONL +
     quarantine."""
     c = cfg.corpus
-    limits = readers.limits_of(c)
     if not c.paths:
         log.warning("ingest: corpus.source=files but corpus.paths is empty")
-    files, rejects = readers.list_inputs(c.paths, limits)
+    return ingest_paths(cfg, "files", c.paths, {"text_field": c.text_field, "id_field": c.id_field})
+
+
+def ingest_task(cfg: PipelineConfig, spec) -> dict[str, Any]:
+    """A ``source: files`` task's file(s) (``TaskSpec``) into a raw step dir of its own, the same way as the
+    corpus: its label, split and slice columns kept beside the text."""
+    extra = [f for f in (spec.label_field, spec.split_field) if f]
+    return ingest_paths(cfg, f"task-{spec.name}", [spec.path],
+                        {"text_field": spec.text_field, "id_field": spec.id_field, "extra_fields": extra})
+
+
+def ingest_paths(cfg: PipelineConfig, name: str, paths: list[str], read: dict) -> dict[str, Any]:
+    """Files under ``paths`` -> ``<run_dir>/raw/<name>-<fingerprint>`` (raw JSONL parts + quarantine.jsonl +
+    stats.json), keyed by every file's sha256; ``read``: text_field, id_field, extra_fields."""
+    c = cfg.corpus
+    limits = readers.limits_of(c)
+    files, rejects = readers.list_inputs(paths, limits)
     files, digests, refused = _digests(files, limits)
     rejects += refused
-    fields = {"paths": c.paths, "text_field": c.text_field, "id_field": c.id_field,
-              "docs_per_file": cfg.curate.docs_per_file, **{k: getattr(c, k) for k in _CAPS}}
+    fields = {"paths": paths, **read, "docs_per_file": cfg.curate.docs_per_file,
+              **{k: getattr(c, k) for k in _CAPS}}
     fp = lineage.fingerprint("files", HARVEST_VERSION, readers.READERS_VERSION, fields, digests,
                              [[r["source"], r["reason"]] for r in rejects])
-    step = lineage.StepDir(cfg.run_path / "raw", "files", fp)
+    step = lineage.StepDir(cfg.run_path / "raw", name, fp)
     if step.done():
         log.info("ingest: reusing %s", step.path)
         return _result(step.path)
@@ -447,7 +463,7 @@ def ingest_files(cfg: PipelineConfig) -> dict[str, Any]:
         try:
             for r in rejects:
                 q.add(r)
-            write_parts(tmp, _ingest_lines(files, c, limits, q, counts), cfg.curate.docs_per_file)
+            write_parts(tmp, _ingest_lines(files, fields, limits, q, counts), cfg.curate.docs_per_file)
         finally:
             q.close()
         stats = {"kind": "files", "records": counts["records"], "files": len(files),

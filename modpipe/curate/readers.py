@@ -2,7 +2,8 @@
 
 Formats, by name (``READERS``: one function per format): ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst`` (one record
 a line; a UTF-8 byte-order mark before the first line is skipped), ``.parquet`` (one record a row, read row group
-by row group in small batches) and ``.txt`` (one record a file).  Paths are local paths or fsspec URLs
+by row group in small batches), ``.csv`` (RFC 4180 with a header row, UTF-8: ``read_csv``) and ``.txt`` (one
+record a file).  Paths are local paths or fsspec URLs
 (``file://``, ``memory://``, ``s3://`` with its fsspec package installed, ...); a folder is searched recursively
 (symlinked folders are not followed).  Every file is streamed: a line or text longer than ``max_record_bytes``
 is skipped (and quarantined) without holding it in memory, and a Parquet value's size is known before it is
@@ -29,6 +30,7 @@ invalid_utf8           bytes that are not UTF-8 (line = the line that holds the 
 lone_surrogate         a JSON string escape of half a UTF-16 surrogate pair (``"\\ud800"``): not text
 nul_byte               a raw NUL byte in a text line: binary content, not text
 record_too_large       a line / text / row over ``max_record_bytes``
+bad_row                a CSV record whose number of fields differs from the header's
 record_error           any other failure on one record (e.g. ``RecursionError`` on 10,000 nested ``[``)
 malformed_json         a JSONL line that does not parse
 not_object             a JSONL line that parses to something other than an object
@@ -71,9 +73,10 @@ from modpipe.curate.guard import Limits
 
 log = logging.getLogger("modpipe.curate")
 
-READERS_VERSION = 2
+READERS_VERSION = 3
 """Part of the ingest step's fingerprint: bump when a reader's records or rejects change for the same bytes.
-2: guarded opening (roots, regular files, caps), BOM, lone surrogates, record_error, batched Parquet."""
+2: guarded opening (roots, regular files, caps), BOM, lone surrogates, record_error, batched Parquet.
+3: CSV; Parquet extra fields."""
 RAW_REASONS = ("record_too_large", "invalid_utf8", "nul_byte", "malformed_json", "not_object", "missing_field",
                "bad_type", "corrupt_stream", "empty_file", "unreadable_file", "record_error")
 """The reasons reading a raw JSONL part can leave (curate's report lists each under ``read``, zeros included)."""
@@ -337,6 +340,9 @@ class ReadOptions:
     and ``line``; otherwise source/line are this file and line."""
     meter: guard.Meter | None = None
     """The file's counters (``guard``): readers of compressed data report what they produce."""
+    extra_fields: tuple[str, ...] = ()
+    """Parquet and CSV: columns read beside the text and id (a task's label, split, ...); JSONL keeps every
+    field."""
 
 
 def _encodable(rec: Any) -> bool:
@@ -458,6 +464,7 @@ def _parquet_file(inp: InputFile, fh: BinaryIO, opts: ReadOptions):
         itype = schema.field(id_field).type
         if pa.types.is_string(itype) or pa.types.is_large_string(itype) or pa.types.is_integer(itype):
             columns.append(id_field)  # (other id types give stable ids: not read at all)
+    columns += [f for f in opts.extra_fields if f in schema.names and f not in columns]
     return pf, columns, None
 
 
@@ -527,6 +534,7 @@ def _parquet_batch(inp: InputFile, batch, first: int, opts: ReadOptions) -> Iter
     """The records of one batch (rows ``first + 1 ...``); sizes are counted (``meter``) and rows over
     ``max_bytes`` rejected before any value is materialised."""
     src, max_bytes = inp.url, opts.max_bytes
+    names = batch.schema.names
     cols = [batch.column(i) for i in range(batch.num_columns)]
     sizes = [[n or 0 for n in _byte_lengths(c)] for c in cols]
     per_row = [sum(s) for s in zip(*sizes)]
@@ -544,8 +552,9 @@ def _parquet_batch(inp: InputFile, batch, first: int, opts: ReadOptions) -> Iter
             yield reject(src, row, "record_too_large", f"text > max_record_bytes={max_bytes}")
             continue
         try:
-            vals = [v[k] for v in values] if values is not None else [c[k].as_py() for c in cols]
-            out = _record(inp, row, vals[0], vals[1] if len(vals) > 1 else None, {}, opts.text_field)
+            vals = dict(zip(names, [v[k] for v in values] if values is not None else [c[k].as_py() for c in cols]))
+            rid = vals.pop(opts.id_field, None) if opts.id_field else None
+            out = _record(inp, row, vals.pop(opts.text_field), rid, vals, opts.text_field)
         except Exception as e:  # noqa: BLE001 - one row never stops the file
             out = reject(src, row, "record_error", f"{type(e).__name__}: {e}")
         yield out
@@ -579,9 +588,11 @@ def read_parquet(inp: InputFile, fh: BinaryIO, opts: ReadOptions) -> Iterator[di
         yield reject(src, row + 1, "unreadable_parquet", f"rows after {row}: {type(e).__name__}: {e}")
 
 
+from modpipe.curate.read_csv import read_csv  # noqa: E402 - it reads with the helpers above
+
 READERS: dict[str, Callable[[InputFile, BinaryIO, ReadOptions], Iterator[dict]]] = {
     ".jsonl": read_jsonl, ".jsonl.gz": read_jsonl, ".jsonl.zst": read_jsonl, ".parquet": read_parquet,
-    ".txt": read_txt,
+    ".csv": read_csv, ".txt": read_txt,
 }
 """The reader of each file suffix (the only files a folder contributes)."""
 SUFFIXES = tuple(READERS)
@@ -595,7 +606,7 @@ def _read_opened(inp: InputFile, opts: ReadOptions, limits: Limits) -> Iterator[
     try:
         fh = guard.open_file(inp.url, inp.roots, limits)  # read-only: raw input is never modified
         yield from reader(inp, fh, ReadOptions(opts.text_field, opts.id_field, opts.max_bytes, opts.keep_origin,
-                                               fh.raw.meter))
+                                               fh.raw.meter, opts.extra_fields))
     except guard.Refused as e:
         yield reject(inp.url, None, e.reason, e.detail)
     except Exception as e:  # noqa: BLE001 - one file's failure never stops the others
@@ -610,12 +621,13 @@ def _read_opened(inp: InputFile, opts: ReadOptions, limits: Limits) -> Iterator[
 
 def read_input(inp: InputFile, text_field: str = "text", id_field: str | None = "id",
                max_bytes: int = MAX_RECORD_BYTES, keep_origin: bool = False,
-               limits: Limits = Limits()) -> Iterator[dict]:
+               limits: Limits = Limits(), extra_fields: tuple[str, ...] = ()) -> Iterator[dict]:
     """Every record and reject of one input, read by its suffix's reader; never raises for bad content.  One
     warning per reason when the file is done (``RejectLog``)."""
     summary = RejectLog()
     try:
-        for row in _read_opened(inp, ReadOptions(text_field, id_field, max_bytes, keep_origin), limits):
+        for row in _read_opened(inp, ReadOptions(text_field, id_field, max_bytes, keep_origin,
+                                                 extra_fields=extra_fields), limits):
             if is_reject(row):
                 summary.add(row)
             yield row
@@ -624,11 +636,12 @@ def read_input(inp: InputFile, text_field: str = "text", id_field: str | None = 
 
 
 def read_file(path, text_field: str = "text", id_field: str | None = "id", keep_origin: bool = False,
-              max_bytes: int = MAX_RECORD_BYTES, limits: Limits = Limits()) -> Iterator[dict]:
+              max_bytes: int = MAX_RECORD_BYTES, limits: Limits = Limits(),
+              extra_fields: tuple[str, ...] = ()) -> Iterator[dict]:
     """``read_input`` for one local path (or URL) given on its own (rel = its name, no root rule)."""
     s = str(path)
     yield from read_input(InputFile(s, s.replace("\\", "/").rsplit("/", 1)[-1]), text_field, id_field, max_bytes,
-                          keep_origin, limits)
+                          keep_origin, limits, extra_fields)
 
 
 def read_records(paths: list[str], text_field: str = "text", id_field: str | None = "id", *,

@@ -1,16 +1,23 @@
-"""Downstream classification tasks built from the harvested corpus (never synthetic labels).
+"""Downstream classification tasks, one mechanism for every source (never synthetic labels).
 
+- ``files``:        the user's labelled examples (``TaskSpec.path``), read by ``harvest.ingest_task`` through the
+                    same hardened readers as the corpus (bad files/rows quarantined with file and row); rows
+                    without a usable label or with an unknown split value are quarantined here;
 - ``man_section``:  English page -> its section number (classes balanced by corpus.max_docs_per_section);
 - ``man_language``: translated page -> its language folder (labels with >= corpus.min_docs_per_language);
 - ``py_package``:   stdlib docstring -> its top-level package: a second source of text, always built from
                     ``harvest.harvest_pydocs`` (a cached step dir of its own) whatever the pretraining corpus,
                     so the adapt stage shows how the backbone transfers beyond manual pages.
 
+A task whose data is unusable (fewer than two labels with enough examples, an empty split) is not built: it is
+listed with the reason in ``BuiltTasks.failed`` and the other tasks go on (the run then ends failed for it).
+
 Text = normalize(page)[:spec.max_chars].  Identical texts (``text_key``: whitespace-collapsed, lower-cased)
 are deduplicated first (smallest id kept; a text that carries two labels is dropped), so no example can
 sit in two splits.  Splits are stratified and deterministic: inside each label, examples are ordered by
 the sha256 of their text key (the document hash: no alphabetical bias such as every ``a*`` command landing in
-test) and the first ``test_frac`` go to test, the next ``val_frac`` to val, the rest to train.  Every task's
+test) and the first ``test_frac`` go to test, the next ``val_frac`` to val, the rest to train; a task file with a
+``split_field`` gives each row's split instead.  Every task's
 val/test rows (id + text key) feed ``decontaminate.from_tasks``, the py_package ones included.
 """
 
@@ -19,17 +26,47 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from modpipe.config import PipelineConfig, TaskSpec
 from modpipe.curate.normalize import normalize, text_key
+from modpipe.curate.readers import reject
 
 log = logging.getLogger("modpipe.curate")
 
 SPLITS = ("train", "val", "test")
+
+
+class TaskDataError(ValueError):
+    """A task's data cannot make a task (one label, an empty split); the message says which and why."""
+
+
+def _file_label(spec: TaskSpec, rec: dict) -> str | dict:
+    """A task file's row -> its label, or the row's quarantine entry."""
+    value = rec.get(spec.label_field)
+    where = (rec.get("source", spec.path), rec.get("line"))
+    if value is None:
+        return reject(*where, "missing_label", f"no {spec.label_field!r} field")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return reject(*where, "bad_label", f"{spec.label_field!r} is {type(value).__name__}, expected a string or "
+                                           f"an integer")
+    if not str(value).strip():
+        return reject(*where, "missing_label", f"{spec.label_field!r} is blank")
+    return str(value).strip()
+
+
+def _given_split(spec: TaskSpec, rec: dict) -> str | dict | None:
+    """The row's split from ``split_field`` (None when the task is split by hash), or its quarantine entry."""
+    if not spec.split_field:
+        return None
+    value = rec.get(spec.split_field)
+    if value not in SPLITS:
+        return reject(rec.get("source", spec.path), rec.get("line"), "bad_split",
+                      f"{spec.split_field!r} is {value!r}; expected one of {list(SPLITS)}")
+    return value
 
 
 def _label(kind: str, rec: dict) -> str | None:
@@ -62,24 +99,50 @@ class Task:
     splits: dict[str, list[dict]]  # split -> rows {id, text, label, label_id, key}
     dropped: dict[str, int]
     max_chars: int
+    rejects: list[dict] = field(default_factory=list)
+    """Quarantine rows of the task's own file rows (missing/bad label, unknown split)."""
 
 
-def build_task(spec: TaskSpec, records: list[dict], cfg: PipelineConfig) -> Task | None:
-    """One task from raw records; None (with a warning) when fewer than two labels qualify."""
+@dataclass
+class BuiltTasks:
+    tasks: list[Task]
+    failed: dict[str, str]
+    """Task name -> why its data could not make a task."""
+    rejects: list[dict]
+    """Every task row quarantined (``files`` tasks; the readers' rejects are in the raw dir's quarantine)."""
+
+
+def _rows(spec: TaskSpec, records: list[dict], cfg: PipelineConfig, dropped: dict, rejects: list
+          ) -> dict[str, list[dict]]:
+    """Usable rows grouped by text key: labelled, split (when given), normalised, long enough."""
+    by_key: dict[str, list[dict]] = defaultdict(list)
+    for rec in records:
+        if spec.source == "files":
+            label, split = _file_label(spec, rec), _given_split(spec, rec)
+            bad = next((x for x in (label, split) if isinstance(x, dict)), None)
+            if bad is not None:
+                rejects.append(bad)
+                continue
+        else:
+            label, split = _label(spec.source, rec), None
+            if label is None:
+                continue
+        text = normalize(rec["text"])[: spec.max_chars].strip()
+        if len(text) < cfg.tasks.min_chars:
+            dropped["too_short"] += 1
+            continue
+        by_key[text_key(text)].append({"id": rec["id"], "text": text, "label": label, "split": split})
+    return by_key
+
+
+def build_task(spec: TaskSpec, records: list[dict], cfg: PipelineConfig) -> Task:
+    """One task from raw records; ``TaskDataError`` when its data cannot make one."""
     t = cfg.tasks
     min_per_label = cfg.corpus.min_docs_per_language if spec.kind == "man_language" else t.min_examples_per_label
     min_per_label = max(min_per_label, 3)  # one example per split at least
-    dropped = defaultdict(int)
-    by_key: dict[str, list[dict]] = defaultdict(list)
-    for rec in records:
-        label = _label(spec.kind, rec)
-        if label is None:
-            continue
-        text = normalize(rec["text"])[: spec.max_chars].strip()
-        if len(text) < t.min_chars:
-            dropped["too_short"] += 1
-            continue
-        by_key[text_key(text)].append({"id": rec["id"], "text": text, "label": label})
+    dropped: dict[str, int] = defaultdict(int)
+    rejects: list[dict] = []
+    by_key = _rows(spec, records, cfg, dropped, rejects)
     per_label: dict[str, list[dict]] = defaultdict(list)
     for key, rows in by_key.items():
         if len({r["label"] for r in rows}) > 1:
@@ -94,9 +157,10 @@ def build_task(spec: TaskSpec, records: list[dict], cfg: PipelineConfig) -> Task
         dropped["small_label"] += sum(small.values())
     labels = _label_order(spec.kind, {lab for lab in per_label if lab not in small})
     if len(labels) < 2:
-        log.warning("task %s (%s): %d label(s) with >= %d examples; task not built", spec.name, spec.kind,
-                    len(labels), min_per_label)
-        return None
+        found = dict(sorted(Counter({lab: len(rows) for lab, rows in per_label.items()}).items()))
+        raise TaskDataError(f"task {spec.name!r} ({spec.source}): {len(labels)} label(s) with >= {min_per_label} "
+                            f"usable examples; a classifier needs two (examples per label: {found or 'none'}; "
+                            f"{len(rejects)} row(s) quarantined)")
     splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for label_id, label in enumerate(labels):
         rows = sorted(per_label[label], key=lambda r: (doc_hash(r["key"]), r["id"]))
@@ -104,37 +168,65 @@ def build_task(spec: TaskSpec, records: list[dict], cfg: PipelineConfig) -> Task
         n_test = max(1, round(n * t.test_frac))
         n_val = max(1, round(n * t.val_frac))
         for i, row in enumerate(rows):
-            split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+            split = row.pop("split") or ("test" if i < n_test else "val" if i < n_test + n_val else "train")
             splits[split].append({**row, "label_id": label_id})
     for s in SPLITS:
+        if not splits[s]:
+            raise TaskDataError(f"task {spec.name!r} ({spec.source}): the {s} split is empty "
+                                f"({', '.join(f'{k} {len(v)}' for k, v in splits.items())} examples)")
         splits[s].sort(key=lambda r: r["id"])
-    return Task(spec.name, spec.kind, labels, splits, dict(dropped), spec.max_chars)
+    return Task(spec.name, spec.kind, labels, splits, dict(dropped), spec.max_chars, rejects)
 
 
-def build_tasks(records: list[dict], cfg: PipelineConfig, corpus_kind: str) -> list[Task]:
-    """The configured specs.  Man tasks come from ``records`` (the man harvest); ``py_package`` tasks always come
-    from the stdlib docstrings (``harvest.harvest_pydocs``).  On the pydocs fallback corpus the man tasks cannot
-    be built: a ``py_package`` task is built even when no spec asks for one."""
+def _sources(records: list[dict], cfg: PipelineConfig, corpus_kind: str) -> list[tuple[TaskSpec, Any]]:
+    """(spec, its records or a function reading them) for every task to build.  Man tasks read ``records``
+    (the man harvest); ``py_package`` tasks the stdlib docstrings (``harvest.harvest_pydocs``); ``files`` tasks
+    their own raw dir (``harvest.ingest_task``).  On the pydocs fallback corpus the man tasks cannot be built: a
+    ``py_package`` task is built even when no spec asks for one."""
     from modpipe.curate import harvest as hv
 
     specs = list(cfg.tasks.specs)
-    py_specs = [s for s in specs if s.kind == "py_package"]
-    man_specs = [s for s in specs if s.kind != "py_package"]
+    man = [s for s in specs if s.source in ("man_section", "man_language")]
+    py = [s for s in specs if s.source == "py_package"]
     if corpus_kind == "pydocs":
-        py_specs = py_specs or [TaskSpec(name="py_package", kind="py_package")]
-        man_specs = []
-        log.warning("tasks: man pages unavailable; building %s from stdlib docstrings", [s.name for s in py_specs])
-        py_records = records
+        py = py or [TaskSpec(name="py_package", source="py_package")]
+        log.warning("tasks: man pages unavailable; %s not built, %s from stdlib docstrings",
+                    [s.name for s in man], [s.name for s in py])
+        man, pydocs = [], records
     else:
-        py_records = hv.read_raw(hv.harvest_pydocs(cfg, reason="py_package task")["raw_dir"]) if py_specs else []
-    tasks = []
-    for spec, source in [(s, records) for s in man_specs] + [(s, py_records) for s in py_specs]:
-        task = build_task(spec, source, cfg)
-        if task is not None:
-            tasks.append(task)
-            log.info("task %s: %d labels, train/val/test = %d/%d/%d", task.name, len(task.labels),
-                     *(len(task.splits[s]) for s in SPLITS))
-    return tasks
+        pydocs = (lambda: hv.read_raw(hv.harvest_pydocs(cfg, reason="py_package task")["raw_dir"]))
+    order = {s.name: i for i, s in enumerate(specs)}
+    files = [(s, lambda s=s: hv.read_raw(hv.ingest_task(cfg, s)["raw_dir"])) for s in specs if s.source == "files"]
+    return sorted([(s, records) for s in man] + [(s, pydocs) for s in py] + files,
+                  key=lambda x: order.get(x[0].name, len(order)))
+
+
+def build_all(records: list[dict], cfg: PipelineConfig, corpus_kind: str) -> BuiltTasks:
+    """Every configured task, each on its own: one that cannot be built is listed in ``failed`` with the reason
+    while the others are built."""
+    tasks, failed, rejects = [], {}, []
+    cached: dict[int, list[dict]] = {}
+    for spec, source in _sources(records, cfg, corpus_kind):
+        try:
+            if not isinstance(source, list) and id(source) not in cached:
+                cached[id(source)] = source()
+            rows = source if isinstance(source, list) else cached[id(source)]
+            task = build_task(spec, rows, cfg)
+        except TaskDataError as e:
+            log.error("task %s not built: %s", spec.name, e)
+            failed[spec.name] = str(e)
+            continue
+        rejects += [{**r, "task": spec.name} for r in task.rejects]
+        tasks.append(task)
+        log.info("task %s: %d labels, train/val/test = %d/%d/%d%s", task.name, len(task.labels),
+                 *(len(task.splits[s]) for s in SPLITS),
+                 f"; {len(task.rejects)} row(s) quarantined" if task.rejects else "")
+    return BuiltTasks(tasks, failed, rejects)
+
+
+def build_tasks(records: list[dict], cfg: PipelineConfig, corpus_kind: str) -> list[Task]:
+    """The tasks ``build_all`` could build."""
+    return build_all(records, cfg, corpus_kind).tasks
 
 
 def write_tasks(tasks: list[Task], out: Path) -> dict[str, Any]:
@@ -155,3 +247,19 @@ def write_tasks(tasks: list[Task], out: Path) -> dict[str, Any]:
         summary[task.name] = {"kind": task.kind, "labels": task.labels,
                               **{s: len(task.splits[s]) for s in SPLITS}, "dropped": task.dropped}
     return summary
+
+
+def write_quarantine(cfg: PipelineConfig, built: BuiltTasks, path: Path) -> None:
+    """The task files' rejected files/lines (their raw dirs' quarantine, step ``ingest_task``) and the task rows
+    quarantined here (step ``tasks``), one JSON line each, with the task's name."""
+    from modpipe.curate import harvest as hv
+
+    with open(path, "w", encoding="utf-8") as fh:
+        for spec in (s for s in cfg.tasks.specs if s.source == "files"):
+            q = Path(hv.ingest_task(cfg, spec)["raw_dir"]) / "quarantine.jsonl"
+            for line in q.read_text(encoding="utf-8").splitlines() if q.is_file() else []:
+                if line.strip():
+                    fh.write(json.dumps({"step": "ingest_task", "task": spec.name, "id": None, **json.loads(line)},
+                                        ensure_ascii=False) + "\n")
+        for row in built.rejects:
+            fh.write(json.dumps({"step": "tasks", "id": None, **row}, ensure_ascii=False) + "\n")

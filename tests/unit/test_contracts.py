@@ -63,7 +63,7 @@ def curated(tmp_path: Path) -> dict:
     """A good curate output: raw JSONL, docs parquet, two shards + manifest, one task with three splits."""
     raw = tmp_path / "raw"
     raw.mkdir()
-    with open(raw / "man1.jsonl", "w") as f:
+    with open(raw / "part-00000.jsonl", "w") as f:
         for i in range(12):
             f.write(json.dumps({"id": f"man1/page{i}", "text": f"page {i} " * 20, "source": "man",
                                 "section": "1", "language": "en" if i < 9 else "de"}) + "\n")

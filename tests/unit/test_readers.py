@@ -124,9 +124,9 @@ def test_curate_takes_files_from_urls(tmp_path, ray_local):
     assert stats["steps"][0]["name"] == "read" and stats["steps"][0]["in"] == 8
 
 
-@pytest.mark.parametrize("bad", ["nothere.jsonl", "x.csv"])
+@pytest.mark.parametrize("bad", ["nothere.jsonl", "x.tsv"])
 def test_bad_paths_are_rejects(tmp_path, bad):
-    (tmp_path / "x.csv").write_text("a,b\n")
+    (tmp_path / "x.tsv").write_text("a\tb\n")
     files, rejects = readers.list_inputs([str(tmp_path / bad)])
     assert files == [] and rejects[0]["reason"] in {"missing_path", "unsupported_type"}
     assert rejects[0]["source"].endswith(bad)

@@ -26,7 +26,7 @@ def _man_records() -> list[dict]:
 def test_py_package_is_built_on_the_man_corpus_too(tmp_path):
     cfg = _cfg(tmp_path)
     assert [s.kind for s in cfg.tasks.specs] == ["man_section", "man_language", "py_package"]
-    assert "py_package" in cfg.adapt.tasks
+    assert cfg.adapt.tasks == []  # adapt trains every task built
     tasks = {t.name: t for t in tk.build_tasks(_man_records(), cfg, "man")}
     assert set(tasks) == {"man_section", "py_package"}  # no translated pages here: man_language not built
     py = tasks["py_package"]

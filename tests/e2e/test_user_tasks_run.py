@@ -1,0 +1,76 @@
+"""A run with only user tasks and a user corpus, no man pages: every DAG step on the smoke recipe's sizes.
+
+Three tasks from files: a JSONL task split by hash (with bad rows), a Parquet task with given splits, and a task
+with a single label. The first two train, are evaluated beside their classical baselines and are registered; the
+third fails on its own with a clear error and the run ends failed for it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import sysconfig
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from modpipe import pipeline
+from modpipe.config import load_config
+from run_helpers import SMOKE
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
+from test_user_tasks import stdlib_examples, write_jsonl  # noqa: E402 - the unit tests' real-text examples
+
+pytestmark = [pytest.mark.slow]
+
+CORPUS_PACKAGES = ("multiprocessing", "concurrent", "http", "urllib", "ctypes", "sqlite3", "logging", "tomllib",
+                   "zipfile", "wsgiref", "venv", "curses", "dbm", "html", "encodings")
+
+
+def write_corpus(root: Path) -> Path:
+    """Pretraining text: the source files of other stdlib packages than the tasks' (JSONL, one file a record)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    rows = [{"id": str(p.relative_to(stdlib)), "text": p.read_text(errors="replace")}
+            for pkg in CORPUS_PACKAGES for p in sorted((stdlib / pkg).rglob("*.py")) if "test" not in p.parts]
+    root.mkdir()
+    write_jsonl(root / "code.jsonl", rows)
+    return root
+
+
+def test_a_run_with_only_user_tasks(ray_local, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    rows = stdlib_examples()
+    hashed = write_jsonl(tmp_path / "code.jsonl", rows + [{"id": "x", "text": "a text without a label at all"}])
+    given = [{**r, "split": ("test", "val", "train", "train", "train")[i % 5]} for i, r in enumerate(rows)]
+    pq.write_table(pa.Table.from_pylist(given), tmp_path / "given.parquet")
+    single = write_jsonl(tmp_path / "single.jsonl", [{**r, "label": "one"} for r in rows])
+    specs = (f"[{{name: code_pkg, source: files, path: '{hashed}'}}, "
+             f"{{name: code_given, source: files, path: '{tmp_path / 'given.parquet'}', split_field: split}}, "
+             f"{{name: one_label, source: files, path: '{single}'}}]")
+    run_dir = tmp_path / "run"
+    cfg = load_config(SMOKE, [f"run_dir={run_dir}", "corpus.source=files", f"corpus.paths=['{corpus}']",
+                              "corpus.man_root=/nonexistent", f"tasks.specs={specs}",
+                              "tasks.min_examples_per_label=4", "tasks.min_chars=20",
+                              "tune.tasks=[code_pkg]", "tune.num_samples=1"])
+    with pytest.raises(pipeline.TaskDataError, match="one_label.*a classifier needs two"):
+        pipeline.run(cfg, ["publish"])
+
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert summary["outcome"] == "failed" and set(summary["failed_tasks"]) == {"one_label"}
+    assert list(summary["steps"]) == ["curate", "contracts", "pretrain", "adapt", "baseline", "tune", "publish"]
+    assert all(s["state"] == "succeeded" for s in summary["steps"].values())
+    assert not list(run_dir.glob("raw/man-*"))  # no man page was read
+    assert set(summary["adapt"]["modules"]) == {"code_pkg", "code_given"}
+    registered = {r["task"] for r in summary["publish"]["registered"]}
+    assert registered == {"code_pkg", "code_given"}
+    baselines = json.loads(Path(summary["baseline"]["baselines"]).read_text())
+    assert {"code_pkg", "code_given"} <= set(baselines)
+
+    curate_dir = Path(summary["curate"]["curate_dir"])
+    quarantine = [json.loads(x) for x in (curate_dir / "quarantine" / "quarantine.jsonl").read_text().splitlines()]
+    missing = [q for q in quarantine if q.get("reason") == "missing_label"]
+    assert [(q["task"], q["source"], q["line"]) for q in missing] == [("code_pkg", str(hashed), len(rows) + 1)]
+    labels = json.loads((curate_dir / "tasks" / "code_given" / "labels.json").read_text())
+    test_ids = set(pq.read_table(curate_dir / "tasks" / "code_given" / "test.parquet")["id"].to_pylist())
+    assert test_ids <= {r["id"] for r in given if r["split"] == "test"} and len(labels) >= 5
