@@ -165,6 +165,9 @@ def _export(cfg: PipelineConfig, result, tmp: Path, vocab_size: int) -> None:
         "gradient_accumulation_steps": state["gradient_accumulation_steps"],
         "seq_len": state["seq_len"],
         "tokens_per_step": state["tokens_per_step"],
+        "attn_implementation": state.get("attn_implementation"),  # .get: a run checkpointed before these existed
+        "activation_checkpointing": state.get("activation_checkpointing"),
+        "fused_adam": state.get("fused_adam"),
         "skipped_rows_rank0": state["skipped_rows"],
         "resumed_from_step": state["resumed_from"],
         "vocab_size": vocab_size,

@@ -88,10 +88,14 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     # ---------------------------------------------------------------- model
     model = build_causal_lm(model_cfg, vocab_size, seed=seed)
     model.config.use_cache = False  # no KV cache while training
+    model.set_attn_implementation(pcfg.attn_implementation)  # sdpa (transformers' default) or eager
+    if pcfg.activation_checkpointing:  # keep only each block's input; recompute its activations in backward
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     n_params = count_params(model)
-    flops_tok = flops_per_token(model_cfg, n_params, seq_len)
-    log.info("model: %.2fM parameters (%.2fM non-embedding)", n_params / 1e6,
-             count_params(model, non_embedding=True) / 1e6)
+    flops_tok = flops_per_token(model_cfg, n_params, seq_len)  # recomputation is not counted (MFU, not HFU)
+    log.info("model: %.2fM parameters (%.2fM non-embedding), attention %s, activation checkpointing %s",
+             n_params / 1e6, count_params(model, non_embedding=True) / 1e6, pcfg.attn_implementation,
+             "on" if pcfg.activation_checkpointing else "off")
 
     # ---------------------------------------------------------------- optimizer (DeepSpeed engine)
     ds_cfg = build_ds_config(job["ds_config"], pcfg, world, on_gpu)
@@ -103,8 +107,9 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     global_batch = torch.tensor(float(stream.batch_size), device=device)
     dist.all_reduce(global_batch)  # sequences per micro-step over all ranks (a tiny rank may have fewer)
     tokens_per_step = int(global_batch.item()) * seq_len * ga
-    log.info("deepspeed: ZeRO-%d, world %d, bf16 %s, device %s, %d tokens/step", zero_stage, world,
-             engine.bfloat16_enabled(), device, tokens_per_step)
+    log.info("deepspeed: ZeRO-%d, world %d, bf16 %s, device %s, %d tokens/step, optimizer %s%s", zero_stage,
+             world, engine.bfloat16_enabled(), device, tokens_per_step, type(engine.basic_optimizer).__name__,
+             " (fused)" if pcfg.fused_adam else "")
 
     # ---------------------------------------------------------------- resume
     state: dict[str, Any] = {"step": 0, "loss_curve": [], "tokens_seen": 0, "resumed_from": None,
@@ -178,6 +183,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
         params=n_params, flops_per_token=flops_tok, world_size=world, zero_stage=zero_stage,
         bf16=bool(engine.bfloat16_enabled()), device=str(device.type), micro_batch_size=stream.batch_size,
         gradient_accumulation_steps=ga, seq_len=seq_len, tokens_per_step=tokens_per_step, skipped_rows=skipped,
+        attn_implementation=pcfg.attn_implementation, activation_checkpointing=pcfg.activation_checkpointing,
+        fused_adam=pcfg.fused_adam,
         final_loss=state["loss_curve"][-1]["loss"] if state["loss_curve"] else None,
         mfu=(round(estimate_mfu(flops_tok, state["tokens_per_s"], world, pcfg.peak_tflops), 4)
              if on_gpu and state["tokens_per_s"] else None),

@@ -123,6 +123,22 @@ def test_deepspeed_config_is_filled_from_the_pretrain_section(tmp_path):
         assert variant["zero_optimization"]["stage"] == int(name[4])
 
 
+def test_fused_adam_and_a_relative_deepspeed_path(tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path, fused_adam="true", deepspeed_config="infra/deepspeed/zero3.json")
+    monkeypatch.chdir(tmp_path)  # not the repo: the relative path is found under the repo root
+    base = load_ds_config(cfg.pretrain.deepspeed_config)
+    assert base["zero_optimization"]["stage"] == 3
+    for on_gpu in (False, True):
+        params = build_ds_config(base, cfg.pretrain, world_size=2, on_gpu=on_gpu)["optimizer"]["params"]
+        assert params["fused"] is True and params["torch_adam"] is True and "foreach" not in params
+    plain = build_ds_config(base, tiny_cfg(tmp_path).pretrain, world_size=2, on_gpu=True)["optimizer"]["params"]
+    assert "fused" not in plain
+    with pytest.raises(ValueError, match="fused_adam needs an Adam or AdamW"):
+        build_ds_config({**base, "optimizer": {"type": "Lamb", "params": {}}}, cfg.pretrain, 2, on_gpu=True)
+    with pytest.raises(FileNotFoundError, match="pretrain.deepspeed_config"):
+        load_ds_config("infra/deepspeed/no-such.json")
+
+
 @pytest.mark.slow
 def test_pretrain_trains_exports_and_reuses(ray_local, tmp_path):
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
