@@ -288,6 +288,9 @@ class PublishConfig(_Section):
     threshold: 0.5}}``."""
     max_ece: float | None = 0.25
     """Classifiers: the measured 15-bin expected calibration error on the test split must be <= this (None: off)."""
+    max_slice_gap: float | None = None
+    """The largest macro-F1 gap between slices of the test split (``evaluate.slices``: the ``length`` slice and a
+    task's ``slice_fields``; slices of >= 10 rows) must be <= this (None: not judged, still measured and shown)."""
     tolerance: float = 0.0
     """A candidate takes ``alias`` when its metric is at least the current champion's minus this (both measured on
     the current test split in the same run); otherwise it takes ``challenger_alias``."""
@@ -352,7 +355,7 @@ class PublishConfig(_Section):
             check_name(name, "task name")
         return v
 
-    @field_validator("max_ece")
+    @field_validator("max_ece", "max_slice_gap")
     @classmethod
     def _ece(cls, v: float | None) -> float | None:
         if v is not None and not 0.0 <= v <= 1.0:

@@ -9,6 +9,7 @@ pretraining corpus against val/test, contracts, one module per task.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
@@ -16,6 +17,7 @@ from pydantic import field_validator, model_validator
 from modpipe.config_base import Name, NonNegativeInt, PositiveInt, _Section
 
 BUILTIN_SOURCES = ("man_section", "man_language", "py_package")
+_SLICE_FIELD = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_. -]{0,63}")
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -38,6 +40,10 @@ class TaskSpec(_Section):
     """Example ids (a string or an integer); absent: a stable id from the file's name and line."""
     split_field: str | None = None
     """A column giving each example's split (``train`` / ``val`` / ``test``); None: split by text hash."""
+    slice_fields: list[str] = []
+    """``source: files``: columns whose values slice the test metrics (``evaluate.slices``): metrics per value,
+    the largest gap between values (bounded by ``publish.max_slice_gap``).  Every task also has the ``length``
+    slice."""
     max_chars: PositiveInt = 2000
     """Each example is truncated to this many characters before tokenization."""
 
@@ -61,6 +67,13 @@ class TaskSpec(_Section):
         for field in ("text_field", "label_field"):
             if not getattr(self, field).strip():
                 raise ValueError(f"task {self.name!r}: {field} is blank")
+        if self.slice_fields and self.source != "files":
+            raise ValueError(f"task {self.name!r}: slice_fields are columns of a task file (source 'files')")
+        bad = [f for f in self.slice_fields if not _SLICE_FIELD.fullmatch(f) or f in ("id", "length")
+               or self.slice_fields.count(f) > 1]
+        if bad:
+            raise ValueError(f"task {self.name!r}: slice_fields {bad}: repeated, a reserved name ('id', 'length'), "
+                             f"or not letters, digits, '_', '-', '.', ' ' (the field names a registry metric)")
         return self
 
     @property

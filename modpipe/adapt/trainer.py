@@ -120,8 +120,8 @@ def write_module(job: AdaptJob, run: TrainRun, checkpoints: list, ray_run: str, 
                                                                                fit_started), "ray_run": ray_run}
         metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        summary = {k: metrics[k] for k in metrics if (k.startswith(("test_", "val_")) and k != "test_confusion")
-                   or k in COST_KEYS}
+        summary = {k: metrics[k] for k in metrics if (k.startswith(("test_", "val_"))
+                                                      and k not in ("test_confusion", "test_slices")) or k in COST_KEYS}
         write_manifest(tmp, {**record, "metrics": summary})  # now with metrics and every file's sha256
     log.info("%s: %s: test acc %.3f, macro-F1 %.3f, ECE %.3f (best epoch %d by %s), %d trainable (%.3f%%) -> %s",
              job.task, job.method, metrics["test_accuracy"], metrics["test_macro_f1"], metrics["test_ece"] or 0.0,
@@ -156,6 +156,7 @@ def _test_through_contract(job: AdaptJob, module_dir: Path, test) -> dict[str, A
     from transformers import AutoTokenizer
 
     from modpipe.evaluate import classification_metrics, confusion, latency_per_batch
+    from modpipe.evaluate.slices import slice_metrics
     from modpipe.models.modules import encode, load_module, predict_proba
 
     model = load_module(job.backbone, module_dir)
@@ -168,7 +169,7 @@ def _test_through_contract(job: AdaptJob, module_dir: Path, test) -> dict[str, A
     with _no_grad():
         latency = latency_per_batch(lambda b: model(**b), batches)
     return {**classification_metrics(test.label_ids, preds, prefix="test_", probs=probs, num_labels=job.num_labels),
-            **latency, "latency_batch_size": job.batch_size, "n_test": len(test),
+            **slice_metrics(job.task_dir, test.ids, test.label_ids, preds), **latency, "latency_batch_size": job.batch_size, "n_test": len(test),
             "test_confusion": confusion(test.label_ids, preds, job.num_labels)}
 
 

@@ -436,7 +436,7 @@ def ingest_files(cfg: PipelineConfig) -> dict[str, Any]:
 def ingest_task(cfg: PipelineConfig, spec) -> dict[str, Any]:
     """A ``source: files`` task's file(s) (``TaskSpec``) into a raw step dir of its own, the same way as the
     corpus: its label, split and slice columns kept beside the text."""
-    extra = [f for f in (spec.label_field, spec.split_field) if f]
+    extra = [f for f in (spec.label_field, spec.split_field, *spec.slice_fields) if f]
     return ingest_paths(cfg, f"task-{spec.name}", [spec.path],
                         {"text_field": spec.text_field, "id_field": spec.id_field, "extra_fields": extra})
 

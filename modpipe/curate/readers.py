@@ -588,7 +588,44 @@ def read_parquet(inp: InputFile, fh: BinaryIO, opts: ReadOptions) -> Iterator[di
         yield reject(src, row + 1, "unreadable_parquet", f"rows after {row}: {type(e).__name__}: {e}")
 
 
-from modpipe.curate.read_csv import read_csv  # noqa: E402 - it reads with the helpers above
+def _csv_row(inp: InputFile, start: int, header: list[str], values: list[str], opts: ReadOptions) -> dict:
+    if len(values) != len(header):
+        return reject(inp.url, start, "bad_row", f"{len(values)} fields, the header has {len(header)}")
+    rec = dict(zip(header, values))
+    text, rid = rec.pop(opts.text_field), rec.pop(opts.id_field, None) if opts.id_field else None
+    return _record(inp, start, text, rid, {k: v for k, v in rec.items() if k in opts.extra_fields}, opts.text_field)
+
+
+def read_csv(inp: InputFile, fh: BinaryIO, opts: ReadOptions) -> Iterator[dict]:
+    """One record per CSV record after the header row (``read_csv.csv_records``: RFC 4180 by the ``csv``
+    module); a bad record is a reject naming its first line; a header without the text column rejects the file."""
+    from modpipe.curate.read_csv import csv_records
+
+    src, header, n, last = inp.url, None, 0, 0
+    stream = guard.decompressed(fh, inp.url, opts.meter or guard.Meter(guard.UNLIMITED))
+    try:
+        for start, values, bad in csv_records(_lines(stream, opts.max_bytes), opts.max_bytes):
+            last = start
+            if header is None and bad is None:
+                header = values
+                if opts.text_field not in header:
+                    yield reject(src, start, "missing_column", f"no {opts.text_field!r} column; columns: {header}")
+                    return
+                continue
+            if header is None:
+                yield reject(src, start, bad[0], f"header: {bad[1]}; file not read")
+                return
+            n += 1
+            yield reject(src, start, *bad) if bad else _csv_row(inp, start, header, values, opts)
+    except guard.Refused as e:
+        yield reject(src, last + 1, e.reason, f"records after line {last} not read: {e.detail}")
+        return
+    except _stream_errors() as e:
+        yield reject(src, last + 1, "corrupt_stream", f"stream breaks after line {last}: {type(e).__name__}: {e}")
+        return
+    if n == 0:
+        yield reject(src, None, "empty_file", "no records" if header is None else "a header and no records")
+
 
 READERS: dict[str, Callable[[InputFile, BinaryIO, ReadOptions], Iterator[dict]]] = {
     ".jsonl": read_jsonl, ".jsonl.gz": read_jsonl, ".jsonl.zst": read_jsonl, ".parquet": read_parquet,

@@ -34,6 +34,7 @@ from typing import Any
 from modpipe.config import PipelineConfig, TaskSpec
 from modpipe.curate.normalize import normalize, text_key
 from modpipe.curate.readers import reject
+from modpipe.evaluate.slices import SLICES_FILE, length_bucket
 
 log = logging.getLogger("modpipe.curate")
 
@@ -127,11 +128,15 @@ def _rows(spec: TaskSpec, records: list[dict], cfg: PipelineConfig, dropped: dic
             label, split = _label(spec.source, rec), None
             if label is None:
                 continue
-        text = normalize(rec["text"])[: spec.max_chars].strip()
+        full = normalize(rec["text"])
+        text = full[: spec.max_chars].strip()
         if len(text) < cfg.tasks.min_chars:
             dropped["too_short"] += 1
             continue
-        by_key[text_key(text)].append({"id": rec["id"], "text": text, "label": label, "split": split})
+        slices = {"length": length_bucket(len(full)),
+                  **{f: "(missing)" if rec.get(f) is None else str(rec[f]) for f in spec.slice_fields}}
+        by_key[text_key(text)].append({"id": rec["id"], "text": text, "label": label, "split": split,
+                                       "slices": slices})
     return by_key
 
 
@@ -230,7 +235,8 @@ def build_tasks(records: list[dict], cfg: PipelineConfig, corpus_kind: str) -> l
 
 
 def write_tasks(tasks: list[Task], out: Path) -> dict[str, Any]:
-    """tasks/<name>/{train,val,test}.parquet (id, text, label, label_id) + labels.json; returns manifest part."""
+    """tasks/<name>/{train,val,test}.parquet (id, text, label, label_id) + labels.json + slices.parquet (id, one
+    column per slice field: ``evaluate.slices``); returns manifest part."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -244,6 +250,11 @@ def write_tasks(tasks: list[Task], out: Path) -> dict[str, Any]:
         for split, rows in task.splits.items():
             table = pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema)
             pq.write_table(table, d / f"{split}.parquet")
+        rows = [r for s in SPLITS for r in task.splits[s]]
+        fields = list(rows[0]["slices"]) if rows else ["length"]
+        pq.write_table(pa.table({"id": [r["id"] for r in rows],
+                                 **{f: pa.array([r["slices"][f] for r in rows], pa.string()) for f in fields}}),
+                       d / SLICES_FILE)
         summary[task.name] = {"kind": task.kind, "labels": task.labels,
                               **{s: len(task.splits[s]) for s in SPLITS}, "dropped": task.dropped}
     return summary

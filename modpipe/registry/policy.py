@@ -29,6 +29,7 @@ quality (the task's rule: metric, direction, threshold; ``max_ece``)
                         edited to name this backbone over foreign weights is caught here)
   ``metric``            measured metric against the threshold in the rule's direction
   ``ece``               classifiers: measured expected calibration error <= max_ece
+  ``slice_gap``         when ``max_slice_gap`` is set: the largest macro-F1 gap between test slices <= it
 promotion (publish only, when given a ``BaselineBar``; a failure here registers the module as challenger at most)
   ``baseline``          measured on the current test split, the module is not below the task's classical baseline
                         beyond noise: module minus baseline on the task's metric over the same test rows, paired
@@ -93,26 +94,29 @@ class Rules:
     threshold: float = 0.2
     max_ece: float | None = 0.25
     reproduce_tolerance: float = 0.02
+    max_slice_gap: float | None = None
 
     @classmethod
     def of(cls, publish, task: str) -> Rules:
         rule = publish.rule(task)
         return cls(rule.metric, rule.direction, float(rule.threshold), publish.max_ece,
-                   float(publish.reproduce_tolerance))
+                   float(publish.reproduce_tolerance), publish.max_slice_gap)
 
     def tags(self) -> dict[str, str]:
         return {"gate.metric": self.metric, "gate.direction": self.direction, "gate.threshold": repr(self.threshold),
                 "gate.max_ece": "none" if self.max_ece is None else repr(self.max_ece),
-                "gate.reproduce_tolerance": repr(self.reproduce_tolerance)}
+                "gate.reproduce_tolerance": repr(self.reproduce_tolerance),
+                "gate.max_slice_gap": "none" if self.max_slice_gap is None else repr(self.max_slice_gap)}
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> Rules:
         d = cls()
-        ece = tags.get("gate.max_ece")
+        ece, gap = tags.get("gate.max_ece"), tags.get("gate.max_slice_gap")
         return cls(tags.get("gate.metric", d.metric), tags.get("gate.direction", d.direction),
                    float(tags.get("gate.threshold", tags.get("gate.min_metric", d.threshold))),
                    d.max_ece if ece is None else (None if ece == "none" else float(ece)),
-                   float(tags.get("gate.reproduce_tolerance", d.reproduce_tolerance)))
+                   float(tags.get("gate.reproduce_tolerance", d.reproduce_tolerance)),
+                   None if gap in (None, "none") else float(gap))
 
     def passes(self, value: float) -> bool:
         return value >= self.threshold if self.direction == "higher" else value <= self.threshold
@@ -404,6 +408,14 @@ def _quality(v: Verdict, root: Path, backbone: str | Path | None, task_dir: str 
         else:
             v.add("quality", "ece", ece <= rules.max_ece, f"test_ece={ece:.4f} "
                   + ("<=" if ece <= rules.max_ece else "above max_ece") + f" {rules.max_ece}")
+    if rules.max_slice_gap is not None:
+        gap = _number(v.measured.get("test_max_slice_gap"))
+        worst = max(((k, x) for k, x in v.measured.items() if k.startswith("test_slice_gap.") and _number(x)
+                     is not None), key=lambda kv: kv[1], default=(None, None))[0]
+        v.add("quality", "slice_gap", gap is not None and gap <= rules.max_slice_gap,
+              "no slice gap measured (fewer than two slices of >= 10 test rows)" if gap is None else
+              f"test_max_slice_gap={gap:.4f} ({worst}) " + ("<=" if gap <= rules.max_slice_gap else
+                                                           "above max_slice_gap") + f" {rules.max_slice_gap}")
 
 
 def _reproduces(v: Verdict, root: Path) -> None:
@@ -452,6 +464,7 @@ def measure(module_dir: str | Path, backbone_dir: str | Path, task_dir: str | Pa
 
     from modpipe.adapt.data import read_labels, read_split
     from modpipe.evaluate import classification_metrics
+    from modpipe.evaluate.slices import slice_metrics
     from modpipe.models.modules import load_module, predict_proba
 
     task_dir = Path(task_dir)
@@ -467,7 +480,8 @@ def measure(module_dir: str | Path, backbone_dir: str | Path, task_dir: str | Pa
     batch_size = int(manifest.get("batch_size") or batch_size)
     probs = predict_proba(model, tokenizer, test.texts, int(manifest.get("max_length") or 256), batch_size)
     preds = probs.argmax(-1).tolist()
-    out = classification_metrics(test.label_ids, preds, prefix="test_", probs=probs, num_labels=len(labels))
+    out = {**classification_metrics(test.label_ids, preds, prefix="test_", probs=probs, num_labels=len(labels)),
+           **slice_metrics(task_dir, test.ids, test.label_ids, preds)}
     return {**{k: (None if isinstance(x, float) and not math.isfinite(x) else x) for k, x in out.items()},
             "n_test": len(test), "test_digest": sha256_file(task_dir / "test.parquet"),
             "labels_digest": sha256_file(task_dir / "labels.json"), "ids": test.ids, "pred_ids": preds,

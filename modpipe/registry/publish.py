@@ -180,8 +180,12 @@ def _artifact_location(cfg: PipelineConfig) -> str | None:
 
 
 def _numbers(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Every finite number of ``d``, nested keys joined by dots; the per-slice detail (``test_slices``: keys are
+    the users' slice values, not metric names) is left out: its gaps are numbers of their own."""
     out: dict[str, float] = {}
     for k, v in d.items():
+        if k == "test_slices":
+            continue
         if isinstance(v, dict):
             out.update(_numbers(v, f"{prefix}{k}."))
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):

@@ -40,12 +40,12 @@ def write_corpus(root: Path) -> Path:
 
 def test_a_run_with_only_user_tasks(ray_local, tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
-    rows = stdlib_examples()
+    rows = [{**r, "file": "package" if r["id"].endswith("__init__.py") else "module"} for r in stdlib_examples()]
     hashed = write_jsonl(tmp_path / "code.jsonl", rows + [{"id": "x", "text": "a text without a label at all"}])
     given = [{**r, "split": ("test", "val", "train", "train", "train")[i % 5]} for i, r in enumerate(rows)]
     pq.write_table(pa.Table.from_pylist(given), tmp_path / "given.parquet")
     single = write_jsonl(tmp_path / "single.jsonl", [{**r, "label": "one"} for r in rows])
-    specs = (f"[{{name: code_pkg, source: files, path: '{hashed}'}}, "
+    specs = (f"[{{name: code_pkg, source: files, path: '{hashed}', slice_fields: [file]}}, "
              f"{{name: code_given, source: files, path: '{tmp_path / 'given.parquet'}', split_field: split}}, "
              f"{{name: one_label, source: files, path: '{single}'}}]")
     run_dir = tmp_path / "run"
@@ -66,6 +66,9 @@ def test_a_run_with_only_user_tasks(ray_local, tmp_path):
     assert registered == {"code_pkg", "code_given"}
     baselines = json.loads(Path(summary["baseline"]["baselines"]).read_text())
     assert {"code_pkg", "code_given"} <= set(baselines)
+    metrics = json.loads((Path(summary["adapt"]["modules"]["code_pkg"]) / "metrics.json").read_text())
+    assert set(metrics["test_slices"]) == {"length", "file"}
+    assert sum(s["n"] for s in metrics["test_slices"]["file"].values()) == metrics["n_test"]
 
     curate_dir = Path(summary["curate"]["curate_dir"])
     quarantine = [json.loads(x) for x in (curate_dir / "quarantine" / "quarantine.jsonl").read_text().splitlines()]

@@ -84,6 +84,42 @@ def test_one_check_passes_a_real_module_field_by_field(world):
     assert [f.name for f in ece.fields if not f.ok] == ["ece"]
 
 
+def test_the_gate_bounds_the_slice_gap(world, tmp_path):
+    """On a real module: the measured gap is the hand-computed one; max_slice_gap below it refuses, at it passes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.metrics import f1_score
+
+    from modpipe.adapt.data import read_split
+    from modpipe.evaluate.slices import SLICES_FILE
+    from modpipe.registry.policy import Rules, check
+
+    task_dir = tmp_path / TASK
+    shutil.copytree(world["tasks"] / TASK, task_dir)
+    test = read_split(task_dir, "test", 99)
+    half = ["first" if i < len(test.ids) // 2 else "second" for i in range(len(test.ids))]
+    assert min(half.count("first"), half.count("second")) >= 10
+    pq.write_table(pa.table({"id": test.ids, "half": half}), task_dir / SLICES_FILE)
+
+    v = check(world["good"], world["a"], Rules(threshold=0.0, max_ece=None), task_dir=task_dir)
+    preds = dict(zip(v.measured["ids"], v.measured["pred_ids"]))
+    f1 = {}
+    for name in ("first", "second"):
+        ys = [y for y, h in zip(test.label_ids, half) if h == name]
+        ps = [preds[i] for i, h in zip(test.ids, half) if h == name]
+        f1[name] = f1_score(ys, ps, average="macro", labels=sorted(set(ys)), zero_division=0)
+    gap = abs(f1["first"] - f1["second"])
+    assert v.measured["test_slice_gap.half"] == pytest.approx(gap)
+    assert v.passed and "slice_gap" not in {f.name for f in v.fields}  # not judged unless bounded
+
+    tight = check(world["good"], world["a"], Rules(threshold=0.0, max_ece=None, max_slice_gap=gap - 1e-6),
+                  task_dir=task_dir)
+    assert [f.name for f in tight.fields if not f.ok] == ["slice_gap"] and "half" in tight.reasons[0]
+    loose = check(world["good"], world["a"], Rules(threshold=0.0, max_ece=None, max_slice_gap=gap + 1e-6),
+                  task_dir=task_dir)
+    assert loose.passed
+
+
 @pytest.mark.parametrize("case", ["tampered", "symlink", "incompatible", "forged", "libraries", "pickle"])
 def test_one_check_refuses(world, tmp_path, case):
     """Each refusal names its field; a module failing integrity or compatibility is never evaluated."""

@@ -133,3 +133,6 @@ def test_a_files_task_needs_a_path_and_kind_is_the_old_name_of_source(tmp_path):
     with pytest.raises(ConfigError, match="problem"):
         cfg_with(tmp_path, "{name: t, source: files, path: x.jsonl, problem: ranking}")
     assert cfg_with(tmp_path, "{name: t, kind: man_section}").tasks.specs[0].source == "man_section"
+    for bad in ("['a<b']", "[id]", "[x, x]"):  # a slice field names a registry metric: MLflow's characters only
+        with pytest.raises(ConfigError, match="slice_fields"):
+            cfg_with(tmp_path, f"{{name: t, source: files, path: x.jsonl, slice_fields: {bad}}}")
