@@ -73,6 +73,8 @@ STEPS: tuple[Step, ...] = (
          help="Train one module + head per task on the frozen backbone, tasks in parallel."),
     Step("baseline", "modpipe.baseline:run", ("seed", "baseline"), ("curate", "contracts"), code_version=2,
          help="Classical baselines per task (majority; TF-IDF + logistic regression) on the modules' own splits."),
+    Step("shift", "modpipe.evaluate.shift:run", ("seed",), ("curate", "contracts", "pretrain"),
+         help="Domain shift per task: backbone perplexity on the task's test text vs pretraining text, unigram JS."),
     Step("tune", "modpipe.tune:run", ("seed", "adapt", "tune"), ("curate", "contracts", "pretrain"),
          help="Ray Tune (ASHA) over module hyperparameters; the best trial's module is the task's candidate."),
     Step("publish", "modpipe.registry:run", ("publish",),

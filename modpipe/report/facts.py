@@ -348,6 +348,35 @@ def registry(out: dict[str, Any] | None, paths: RunPaths, record: dict[str, Any]
             "record": paths.rel(out.get("record"))}
 
 
+def shift(out: dict[str, Any] | None, modules: list[dict[str, Any]] | None, paths: RunPaths) -> dict | None:
+    """The shift step's ``shift.json``: the reference (which shard, held out of pretraining or not, its
+    perplexity) and per task the backbone's perplexity on the task's text, the ratio to the reference and the
+    unigram JS divergence; beside each task the module's gain over the classical baseline in macro-F1 points (the
+    ``modules`` rows' ``baseline.delta``: the publish gate's comparison where it made one), None where none."""
+    data = read_json((out or {}).get("shift"))
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
+        return None
+    by_task = {m["task"]: m for m in modules or [] if not m.get("failed")}
+    rows = []
+    for task, t in sorted(data["tasks"].items()):
+        base = (by_task.get(task) or {}).get("baseline") or {}
+        d = base.get("delta") or {}
+        gain = None
+        if d.get("delta") is not None:
+            gain = {"points": 100 * d["delta"], "low": 100 * d["low"] if d.get("low") is not None else None,
+                    "high": 100 * d["high"] if d.get("high") is not None else None, "source": d.get("source")}
+        elif base.get("test_macro_f1") is not None and by_task.get(task, {}).get("test_macro_f1") is not None:
+            gain = {"points": 100 * (by_task[task]["test_macro_f1"] - base["test_macro_f1"]), "low": None,
+                    "high": None, "source": None}
+        rows.append({"task": task, "error": t.get("error"),
+                     **{k: t.get(k) for k in ("perplexity", "perplexity_ratio", "js_divergence", "n_texts",
+                                              "n_tokens")}, "gain": gain})
+    ref = data.get("reference") or {}
+    return {"reference": {k: ref.get(k) for k in ("shard", "held_out", "n_rows", "n_tokens", "perplexity")},
+            "split": data.get("split"), "seq_len": data.get("seq_len"), "rows": rows,
+            "file": paths.rel(out.get("shift"))}
+
+
 # ---------------------------------------------------------------------------------------------------- headline
 
 
@@ -451,6 +480,7 @@ def collect(summary: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         "tune": tune(summary.get("tune")),
         "registry": registry(summary.get("publish"), paths, records.get("publish")),
     }
+    facts["shift"] = shift(summary.get("shift"), facts["modules"], paths)
     facts["failure"] = failure(summary, records, paths)
     facts["headline"] = headline(summary, records, paths, facts)
     facts["metrics"] = metrics_line(facts)

@@ -418,10 +418,45 @@ def _registry(facts: dict[str, Any]) -> str:
     return _section("registry", "Registry", esc(sub), body, bad=bool(g["rejected"]) and not g["registered"])
 
 
+def _shift(facts: dict[str, Any]) -> str:
+    s = facts.get("shift")
+    if not s:
+        return _missing("shift", "Domain shift", facts, "shift")
+    ref = s["reference"]
+    held = "held out of pretraining" if ref.get("held_out") else "not held out: pretraining trained on it"
+    sub = f"reference perplexity {_fmt(ref.get('perplexity'))} ({held})"
+    worse = [r for r in s["rows"] if r.get("gain") and r["gain"]["points"] < 0]
+    sub += f" · {len(worse)} task(s) where the module is below the baseline" if worse else ""
+
+    def gain(g: dict[str, Any] | None) -> str:
+        if not g:
+            return f"<span class=nc>{NOT_COMPUTED}</span>"
+        ci = f" [{g['low']:+.1f}, {g['high']:+.1f}]" if g.get("low") is not None and g.get("high") is not None else ""
+        flag = " ▼ below baseline" if g["points"] < 0 else ""
+        return f"<span class='{'bad' if g['points'] < 0 else ''}'>{g['points']:+.1f}{esc(ci)}{flag}</span>"
+
+    rows = [{**r, "reference": ref.get("perplexity"), "gain": gain(r.get("gain")), "error": r.get("error") or ""}
+            for r in s["rows"]]
+    cols = [("task", "task"), ("perplexity", f"perplexity ({s.get('split') or 'task'} text)"),
+            ("reference", "perplexity (reference)"), ("perplexity_ratio", "ratio"),
+            ("js_divergence", "unigram JS divergence"), ("gain", "module − baseline (macro-F1 points, 95% CI)"),
+            ("n_texts", "texts"), ("n_tokens", "tokens scored")]
+    cols += [("error", "error")] if any(r["error"] for r in rows) else []
+    body = _table(cols, rows, raw=("gain",), wrap=("error",))
+    body += (f"<p class=note>Perplexity: the backbone's exp(mean next-token NLL) on a seeded sample of each task's "
+             f"{esc(str(s.get('split')))} texts, each cut to {_fmt(s.get('seq_len'))} tokens, against "
+             f"{_fmt(ref.get('n_rows'))} rows of the reference shard {esc(str(ref.get('shard')))} "
+             f"({esc(held)}{'' if ref.get('held_out') else ', so its perplexity is an in-sample, optimistic figure'}"
+             f"). Ratio: task / reference. JS divergence (base 2, 0 to 1): task tokens' unigram distribution vs the "
+             f"whole pretraining corpus's. Module − baseline: the module's test macro-F1 minus the TF-IDF + LR "
+             f"baseline's, in points (red: below). Data: {_link(s.get('file'))}</p>")
+    return _section("shift", "Domain shift", esc(sub), body)
+
+
 def render(facts: dict[str, Any]) -> str:
     h = facts["headline"]
     parts = [_headline(facts), _failure(facts), _tiles(facts), _timeline(facts), _funnel(facts), _contracts(facts),
-             _pretrain(facts), _modules(facts), _tune(facts), _registry(facts)]
+             _pretrain(facts), _modules(facts), _shift(facts), _tune(facts), _registry(facts)]
     title = f"modpipe run {h['run_id']}: {h['outcome']}"
     return ("<!doctype html><html lang=en><head><meta charset='utf-8'>"
             "<meta name=viewport content='width=device-width,initial-scale=1'>"
