@@ -50,9 +50,9 @@ def test_modpipe_run_whole_dag_and_tune_feeds_publish(smoke_built, ray_local, tm
     assert r.returncode == 0, r.stderr[-4000:]
     summary = json.loads((run_dir / "run_summary.json").read_text())
     assert summary["outcome"] == "succeeded" and list(summary["steps"]) == [
-        "curate", "contracts", "pretrain", "adapt", "baseline", "tune", "publish"]
+        "curate", "contracts", "pretrain", "adapt", "baseline", "shift", "tune", "publish"]
     assert all(summary["steps"][s]["skipped"] for s in ("curate", "contracts", "pretrain"))
-    assert not any(summary["steps"][s]["skipped"] for s in ("adapt", "baseline", "tune", "publish"))
+    assert not any(summary["steps"][s]["skipped"] for s in ("adapt", "baseline", "shift", "tune", "publish"))
     # quiet: no traceback of ours (lines Ray forwards from its own actors carry an "(Actor pid=...)" prefix)
     assert Path(summary["report"]).is_file() and not [ln for ln in r.stderr.splitlines()
                                                        if ln.startswith("Traceback")], r.stderr[-3000:]
