@@ -165,6 +165,10 @@ class AdaptConfig(_Section):
     """Worker-group restarts per task (each resumes from the task's latest epoch checkpoint)."""
     task_retries: int = unversioned(1)
     """Times a failed task is trained again (after the others were started) before it is reported failed."""
+    grad_profile_every: NonNegativeInt = unversioned(10)
+    """Gradient-flow profile (``modpipe.adapt.gradflow``): every this many optimizer steps, the gradient norm of
+    each block (embeddings, every layer, head) and module parameter group (LoRA A/B, IA3, adapters, prompt) goes
+    into the module's metrics.json and the run report; 0: off. It only reads gradients: the module is the same."""
 
     @model_validator(mode="after")
     def _head_fits_methods(self) -> AdaptConfig:

@@ -119,6 +119,8 @@ class AdaptJob(_Frozen):
     select_metric: str
     """Validation metric that picks the epoch whose weights become the module."""
     seed: int
+    grad_profile_every: int = 0
+    """Gradient-flow profile interval in optimizer steps (0: off); not a training field (the module is the same)."""
 
     @model_validator(mode="after")
     def _head_fits_method(self) -> AdaptJob:
@@ -147,7 +149,7 @@ def make_job(cfg: PipelineConfig, task: Task, backbone: str | Path) -> AdaptJob:
         labels=tuple(task.labels), module=module_config(a, kind), head=a.head, freeze=a.freeze,
         train_fraction=a.train_fraction, lr=a.method_lr.get(kind, a.lr), weight_decay=a.weight_decay,
         epochs=a.epochs, batch_size=a.batch_size, max_length=a.max_length, select_metric=a.select_metric,
-        seed=cfg.seed,
+        seed=cfg.seed, grad_profile_every=a.grad_profile_every,
     )
 
 

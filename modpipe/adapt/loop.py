@@ -10,6 +10,9 @@ with a checkpoint, so every epoch's metrics ride on one. A rerun under the same 
 group) resumes after the latest reported epoch with the weights, optimizer, data order and dropout RNG an
 uninterrupted run would have had there: its module is bitwise the same. Per-rank batch = ``batch_size``; global =
 ``batch_size * world``.
+
+Every ``job.grad_profile_every`` optimizer steps rank 0 takes the gradient norm per block and module parameter
+group (``gradflow.py``; it only reads the gradients) and keeps it in the run state, so it survives a resume too.
 """
 
 from __future__ import annotations
@@ -104,9 +107,10 @@ def make_optimizer(t: Trainable, lr: float, weight_decay: float, layer_lr_decay:
     return torch.optim.AdamW(param_groups(t.model, lr, weight_decay, layer_lr_decay, t.num_layers), lr=lr)
 
 
-def train_step(model, opt, enc: dict, y, step: int, unfreezer=None):
+def train_step(model, opt, enc: dict, y, step: int, unfreezer=None, on_grads=None):
     """One optimizer step on a tokenized batch (``enc``: input_ids, attention_mask (B, T); ``y``: (B,)); the
-    blocks progressive unfreezing still locks get no update. Returns the loss (detached)."""
+    blocks progressive unfreezing still locks get no update. ``on_grads(step)`` sees the gradients the optimizer is
+    about to apply (the gradient-flow profile; it must only read them). Returns the loss (detached)."""
     import torch.nn.functional as F
 
     logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits  # (B, K)
@@ -115,6 +119,8 @@ def train_step(model, opt, enc: dict, y, step: int, unfreezer=None):
     loss.backward()  # DDP all-reduces the trainable gradients here
     if unfreezer is not None:
         unfreezer.mask_grads(step)
+    if on_grads is not None:
+        on_grads(step)
     opt.step()
     return loss.detach()
 
@@ -148,6 +154,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from modpipe.adapt.data import read_split, stratified_subset
+    from modpipe.adapt.gradflow import GradProfiler
     from modpipe.adapt.resume import load_optimizer, load_rng
     from modpipe.evaluate import classification_metrics, peak_memory_mb
     from modpipe.models.fingerprint import check_backbone_dir
@@ -183,6 +190,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     # ---------------------------------------------------------------- optimizer
     opt = make_optimizer(t, job.lr, job.weight_decay, policy.layer_lr_decay)
+    # gradient-flow profile (rank 0 writes the run state; DDP gives every rank the same gradients)
+    profiler = GradProfiler(core.named_parameters(), job.grad_profile_every) \
+        if rank == 0 and job.grad_profile_every > 0 else None
 
     # ---------------------------------------------------------------- resume
     state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "started_at": started}
@@ -207,7 +217,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             enc = encode(tokenizer, [train.texts[i] for i in idx], max_length, padding_side)
             enc = {k: v.to(device) for k, v in enc.items()}
             y = torch.tensor([train.label_ids[i] for i in idx], device=device)  # (B,)
-            loss_sum += train_step(model, opt, enc, y, state["step"], t.unfreezer)
+            loss_sum += train_step(model, opt, enc, y, state["step"], t.unfreezer,
+                                   profiler.record if profiler else None)
             state["step"] += 1
             n_steps += 1
         if distributed:
@@ -237,6 +248,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                  100.0 * trainable / t.backbone_params)
         state["epoch"] = epoch
         state["history"].append(metrics)
+        if profiler is not None:
+            profiler.flush(state)  # the epoch's gradient norms into the run state the checkpoint carries
         _report(core, t, opt, state, metrics, rank, device)
     return {"epochs": state["epoch"], "trainable_params": t.trainable_params(state["step"])}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from modpipe.adapt.job import AdaptJob, Scaling, TrainRun
-from modpipe.adapt.loop import ADAPTER_DIR, train_loop_per_worker
+from modpipe.adapt.loop import ADAPTER_DIR, STATE_FILE, train_loop_per_worker
 
 log = logging.getLogger("modpipe.adapt")
 
@@ -99,6 +99,7 @@ def write_module(job: AdaptJob, run: TrainRun, checkpoints: list, ray_run: str, 
     through the loading contract (``load_module``: manifest + sha256 checked, then real predictions), metrics and
     costs. Returns ``{"task", "module", "metrics"}``; a dir already finished (same fingerprint) is kept as is."""
     from modpipe.adapt.data import read_split
+    from modpipe.adapt.gradflow import from_checkpoints
     from modpipe.lineage import StepDir
     from modpipe.models.manifest import backbone_facts, write_manifest
 
@@ -119,6 +120,7 @@ def write_module(job: AdaptJob, run: TrainRun, checkpoints: list, ray_run: str, 
         metrics = {**_test_through_contract(job, tmp, test), **_train_metrics(job, best, history, seconds,
                                                                                fit_started), "ray_run": ray_run}
         metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        metrics.update(from_checkpoints(checkpoints, STATE_FILE))  # the gradient-flow profile, where recorded
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         summary = {k: metrics[k] for k in metrics if (k.startswith(("test_", "val_"))
                                                       and k not in ("test_confusion", "test_slices")) or k in COST_KEYS}

@@ -231,7 +231,7 @@ def modules(summary: dict[str, Any], paths: RunPaths, pretrain_version: str | No
                "train_seconds": m.get("train_seconds"), "n_test": m.get("n_test"), "labels": labels,
                "confusion": m.get("test_confusion"),
                "reliability": _reliability(Path(mdir) / "test_predictions.parquet"),
-               "baseline": None, "full": None}
+               "grad_flow": _grad_flow(m), "baseline": None, "full": None}
         for r in transfer.get(task, []):
             if r.get("method") == "full" and r.get("train_fraction") in (1.0, None):
                 row["full"] = {k: r.get(k) for k in ("test_accuracy", "test_macro_f1", "trainable_pct")}
@@ -267,6 +267,18 @@ def _baseline(out: dict[str, Any] | None, task: str, module_dir: Path,
         except Exception:  # noqa: BLE001 - no comparison is "not computed", not a broken report
             pass
     return row
+
+
+def _grad_flow(m: dict[str, Any]) -> dict[str, Any] | None:
+    """The module's gradient-flow profile (metrics.json ``grad_profile``) as the report draws it: one line per
+    block (``gradflow.by_block``), with the freeze policy it trained under; None when it was not recorded."""
+    try:
+        from modpipe.adapt.gradflow import by_block
+
+        lines = by_block(m.get("grad_profile"))
+    except Exception:  # noqa: BLE001 - a malformed profile is "not computed", not a broken report
+        return None
+    return {**lines, "freeze_policy": m.get("freeze_policy")} if lines else None
 
 
 def _transfer_rows(run_dir: Path, pretrain_version: str | None) -> dict[str, list[dict]]:

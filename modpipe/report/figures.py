@@ -224,3 +224,47 @@ def tune(t: dict[str, Any]) -> bytes:
         ax.set_xticks(range(0, int(top) + 1))
     ax.legend(frameon=False, fontsize=8, title="method", title_fontsize=8)
     return _png(fig)
+
+
+def grad_flow(g: dict[str, Any], title: str = "gradient flow") -> bytes:
+    """A module's gradient-flow profile (``facts`` ``grad_flow``: ``gradflow.by_block``): the gradient norm per
+    block (log scale) against the optimizer step, one line per block (layers light to dark, bottom to top; the
+    head in black, embeddings and prompt in their own colours). A gap: the block had no gradient at that step
+    (progressive unfreezing had not opened it yet); a block the freeze policy kept frozen has no line."""
+    import math
+
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _plt()
+    steps = g["steps"]
+    lines = g["lines"]
+    layers = [label for label, _ in lines if label.startswith("layer")]
+    ramp = colormaps["viridis"]
+    fixed = {"head": "#222222", "embeddings": "#9d755d", "prompt": COLORS["heldout"], "norm": "#b279a2",
+             "other": "#999999"}
+    fig, ax = plt.subplots(figsize=(WIDTH * 0.62, 2.9))
+    drawn = 0
+    for label, values in lines:
+        ys = [v if v is not None and v > 0 and math.isfinite(v) else float("nan") for v in values]
+        if all(math.isnan(y) for y in ys):
+            continue
+        if label in layers:
+            color = ramp(0.85 - 0.75 * (layers.index(label) / max(1, len(layers) - 1)))
+        else:
+            color = fixed.get(label, "#999999")
+        ax.plot(steps, ys, color=color, label=label, linewidth=1.4, marker=_dots(steps), markersize=3)
+        drawn += 1
+    if drawn:
+        ax.set_yscale("log")
+        ax.legend(frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    else:
+        ax.text(0.5, 0.5, "no gradient recorded", ha="center", va="center", transform=ax.transAxes, fontsize=9)
+    every = f", every {g['every']} steps" if g.get("every") else ""
+    policy = f" (freeze: {g['freeze_policy']})" if g.get("freeze_policy") else ""
+    ax.set_title(f"{title}{policy}")
+    ax.set_xlabel(f"optimizer step{every}")
+    ax.set_ylabel("gradient L2 norm")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return _png(fig)

@@ -364,6 +364,18 @@ def _modules(facts: dict[str, Any]) -> str:
         body += (f"<h3>{esc(r['task'])}: calibration and confusion ({len(r.get('labels') or [])} labels, "
                  f"{_fmt(r.get('trainable_pct'))}% of the backbone trainable)</h3>")
         body += _figure(lambda r=r: figures.module_detail(r), f"{r['task']} reliability and confusion")
+        if r.get("grad_flow"):
+            body += _figure(lambda r=r: figures.grad_flow(r["grad_flow"], f"{r['task']}: gradient flow"),
+                            f"{r['task']} gradient norm per block")
+        else:
+            body += (f"<p class=nc>gradient flow: {NOT_COMPUTED} (<code>adapt.grad_profile_every</code> is 0, or "
+                     f"the module was trained before it was recorded)</p>")
+    if any(r.get("grad_flow") for r in good):
+        body += ("<p class=note>gradient flow: the L2 norm of each block's gradient (every parameter of the block that "
+                 "trains: the module's, and the backbone's where the freeze policy opens them) at the optimizer steps "
+                 "recorded, log scale; a block the freeze policy keeps frozen has no line, a gap means the block had "
+                 "no gradient yet (progressive unfreezing). Per module parameter group (LoRA A/B, adapters, ...): "
+                 "<code>grad_profile</code> in the module's metrics.json.</p>")
     return _section("modules", "Modules per task", esc(sub), body, bad=bool(beaten))
 
 
