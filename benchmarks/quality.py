@@ -37,7 +37,7 @@ def rows_of(transfer_rows: list[dict], baselines: dict) -> list[dict]:
     """One row per (task, method): the transfer step's modules at the whole train split, then the baselines."""
     rows = []
     for r in transfer_rows:
-        if r.get("train_fraction") not in (1.0, None) or r.get("method") in ("router",) or \
+        if r.get("train_fraction") not in (1.0, None) or r.get("method") in ("router", *BASELINES) or \
                 "external" in str(r.get("method")):
             continue
         rows.append({"task": r["task"], "method": r["method"], "macro_f1": r.get("test_macro_f1"),

@@ -81,7 +81,7 @@ STEPS: tuple[Step, ...] = (
          ("curate", "contracts", "pretrain", "adapt", "baseline", "tune"), code_version=2,
          help="Gate the candidates (tune's best where tuned, else adapt's) and register those that pass."),
     Step("transfer", "modpipe.evaluate.transfer:run", ("seed", "adapt", "transfer"),
-         ("curate", "contracts", "pretrain"), in_dag=False,
+         ("curate", "contracts", "pretrain", "baseline", "shift"), code_version=2, in_dag=False,
          help="Transfer report: every task x module method (and train fraction), router, external baselines."),
 )
 BY_NAME = {s.name: s for s in STEPS}

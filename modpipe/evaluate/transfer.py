@@ -12,7 +12,9 @@ and the tasks of ``ctx.inputs["curate"]``, writing into the step dir. Library fu
 2. per task, ``transfer.router``: an AdapterFusion-style router over the other tasks' LoRA modules (100% data),
    next to that task's fresh LoRA module (``modpipe.compose.router``);
 3. ``transfer.langid_task``: py3langid as an external baseline on the same test split;
-4. rows (task x method x fraction: metrics, gap to full fine-tuning in points, trainable %, cost) ->
+4. the baseline step's majority and TF-IDF + LR rows beside the modules (``vs_tfidf``, ``below_baseline``), the
+   shift step's domain shift per task;
+5. rows (task x method x fraction: metrics, gap to full fine-tuning in points, trainable %, cost) ->
    ``results.json``; ``modpipe.report.transfer`` draws ``curve.png`` and writes ``report.html``.
 
 Output: ``out`` (the step dir, versioned by the executor on the transfer and adapt config and the upstream
@@ -37,7 +39,10 @@ log = logging.getLogger("modpipe.transfer")
 RESULTS_FILE = "results.json"
 REFERENCE = "full"
 ROW_METRICS = ("test_accuracy", "test_macro_f1", "test_auroc_ovr", "test_ece", "val_macro_f1", "trainable_params",
-               "trainable_pct", "train_seconds", "peak_memory_mb", "latency_ms_per_batch", "n_train")
+               "trainable_pct", "train_seconds", "peak_memory_mb", "latency_ms_per_batch", "n_train",
+               "test_max_slice_gap")
+CLASSICAL = ("majority", "tfidf_lr")
+"""The baseline step's classical baselines, shown as rows beside the modules (same test split)."""
 
 
 def with_adapt(cfg: PipelineConfig, **adapt: Any) -> PipelineConfig:
@@ -78,16 +83,40 @@ def add_gaps(rows: list[dict[str, Any]], metric: str) -> None:
                             if full is not None and r.get(metric) is not None else None)
 
 
+def add_classical(rows: list[dict[str, Any]], classical: dict[str, Any], metric: str) -> None:
+    """The baseline step's majority and TF-IDF + LR rows per task, and on every module row ``vs_tfidf`` (points,
+    row - TF-IDF + LR on the same test split) and ``below_baseline`` (True where the module scores lower)."""
+    tasks = {r["task"] for r in rows}
+    for task in sorted(tasks & set(classical)):
+        for name in CLASSICAL:
+            b = classical[task].get(name) if isinstance(classical[task], dict) else None
+            if isinstance(b, dict):
+                rows.append({"task": task, "method": name, "train_fraction": None,
+                             **{k: b.get(k) for k in ROW_METRICS}})
+    for r in rows:
+        b = classical.get(r["task"]) if isinstance(classical.get(r["task"]), dict) else {}
+        base = (b.get("tfidf_lr") or {}).get(metric)
+        if r["method"] not in CLASSICAL and base is not None and r.get(metric) is not None:
+            r["vs_tfidf"] = round(100.0 * (r[metric] - base), 2)
+            r["below_baseline"] = r[metric] < base
+
+
 def run(cfg: PipelineConfig, ctx: StepContext) -> dict[str, Any]:
-    """Step entry: the contracts gate, then the transfer report of the pretrained backbone into the step dir."""
+    """Step entry: the contracts gate, then the transfer report of the pretrained backbone into the step dir, with
+    the baseline step's classical baselines and the shift step's domain shift beside the modules."""
     from modpipe.gates import require_contracts
 
     require_contracts(ctx)
-    return evaluate(cfg, ctx.inputs["pretrain"]["backbone"], ctx.inputs["curate"]["tasks_dir"], ctx.out)
+    classical = json.loads(Path(ctx.inputs["baseline"]["baselines"]).read_text())
+    shift = json.loads(Path(ctx.inputs["shift"]["shift"]).read_text())
+    return evaluate(cfg, ctx.inputs["pretrain"]["backbone"], ctx.inputs["curate"]["tasks_dir"], ctx.out,
+                    classical=classical, shift=shift)
 
 
-def evaluate(cfg: PipelineConfig, backbone: str | Path, tasks_dir: str | Path, out: str | Path) -> dict[str, Any]:
-    """The transfer report of ``backbone`` on the tasks in ``tasks_dir``, written into ``out``."""
+def evaluate(cfg: PipelineConfig, backbone: str | Path, tasks_dir: str | Path, out: str | Path, *,
+             classical: dict[str, Any] | None = None, shift: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The transfer report of ``backbone`` on the tasks in ``tasks_dir``, written into ``out``; ``classical``:
+    the baseline step's baselines.json, ``shift``: the shift step's shift.json (each shown when given)."""
     from modpipe import adapt
     from modpipe.report.transfer import write_transfer_report
 
@@ -104,10 +133,12 @@ def evaluate(cfg: PipelineConfig, backbone: str | Path, tasks_dir: str | Path, o
             rows.append({"task": task, "method": "router", "train_fraction": 1.0,
                          **{k: cmp["router"].get(k) for k in ROW_METRICS}, "sources": cmp["router"]["sources"]})
     baselines = _baselines(cfg, tasks_dir, tasks, out, rows)
+    add_classical(rows, classical or {}, t.metric)
     add_gaps(rows, t.metric)
     results = {"metric": t.metric, "tasks": tasks, "methods": list(t.methods), "fractions": list(t.fractions),
                "curve_methods": list(t.curve_methods), "rows": rows, "routing": routing,
-               "baselines": baselines, "backbone": backbone, "seconds": round(time.time() - t0, 1)}
+               "baselines": baselines, "shift": (shift or {}).get("tasks"), "backbone": backbone,
+               "seconds": round(time.time() - t0, 1)}
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
     write_transfer_report(results, out)
     log.info("transfer: %d rows in %.0f s -> %s", len(rows), time.time() - t0, out)

@@ -11,9 +11,10 @@ from modpipe.report import _fmt, _table
 
 CURVE_FILE = "curve.png"
 REPORT_FILE = "report.html"
-TABLE_COLUMNS = ("task", "method", "train_fraction", "metric", "gap_to_full", "test_accuracy", "test_auroc_ovr",
-                 "test_ece", "trainable_pct", "trainable_params", "train_seconds", "peak_memory_mb",
-                 "latency_ms_per_batch", "n_train", "error")
+TABLE_COLUMNS = ("task", "method", "train_fraction", "metric", "vs_tfidf", "gap_to_full", "test_accuracy",
+                 "test_auroc_ovr", "test_ece", "test_max_slice_gap", "trainable_pct", "trainable_params",
+                 "train_seconds", "peak_memory_mb", "latency_ms_per_batch", "n_train", "error")
+SHIFT_COLUMNS = ("task", "perplexity", "perplexity_ratio", "js_divergence", "best_module", "best_vs_tfidf")
 
 
 def table_rows(results: dict[str, Any], fraction: float | None = 1.0) -> list[dict[str, Any]]:
@@ -24,8 +25,46 @@ def table_rows(results: dict[str, Any], fraction: float | None = 1.0) -> list[di
         if fraction is not None and r.get("train_fraction") not in (fraction, None):
             continue
         row = {**r, "metric": r.get(metric)}
+        if row.get("below_baseline"):
+            row["vs_tfidf"] = f"{row['vs_tfidf']:+.2f} (below)"
         out.append({c: row.get(c) for c in TABLE_COLUMNS if c != "error" or row.get("error")})
     return sorted(out, key=lambda r: (r["task"], r["method"] != "full", -(r.get("metric") or -1.0)))
+
+
+def shift_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per task: the backbone's perplexity on the task vs the pretraining reference, JS divergence of the token
+    distributions, and the task's best module (whole train split) with its gap to TF-IDF + LR in points."""
+    metric, out = results["metric"], []
+    for task, s in sorted((results.get("shift") or {}).items()):
+        mods = [r for r in results["rows"] if r["task"] == task and r.get("train_fraction") == 1.0
+                and r.get(metric) is not None and r["method"] not in ("majority", "tfidf_lr")]
+        best = max(mods, key=lambda r: r[metric], default=None)
+        out.append({"task": task, **{k: s.get(k) for k in SHIFT_COLUMNS[1:4]},
+                    "best_module": best["method"] if best else None,
+                    "best_vs_tfidf": best.get("vs_tfidf") if best else None})
+    return out
+
+
+def draw_grad_flow(results: dict[str, Any], out: Path) -> list[tuple[str, str, str]]:
+    """``grad-<task>-<method>.png`` per module trained on the whole train split whose metrics.json holds a
+    gradient-flow profile (``adapt.grad_profile_every``); -> [(task, method, file name)]."""
+    import json
+
+    from modpipe.adapt.gradflow import by_block
+    from modpipe.report.figures import grad_flow
+
+    drawn = []
+    for r in sorted(results["rows"], key=lambda r: (r["task"], r["method"])):
+        metrics = Path(r["module"]) / "metrics.json" if r.get("module") and r.get("train_fraction") == 1.0 else None
+        if metrics is None or not metrics.is_file():
+            continue
+        g = by_block(json.loads(metrics.read_text()).get("grad_profile"))
+        if g is None:
+            continue
+        name = f"grad-{r['task']}-{r['method']}.png"
+        (out / name).write_bytes(grad_flow(g, f"{r['task']}: {r['method']}"))
+        drawn.append((r["task"], r["method"], name))
+    return drawn
 
 
 def curve_points(results: dict[str, Any]) -> dict[str, dict[str, list[tuple[float, float]]]]:
@@ -86,12 +125,23 @@ def write_transfer_report(results: dict[str, Any], out_dir: str | Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     curve = draw_curve(results, out / CURVE_FILE)
     metric = results["metric"]
-    sections = [f"<p>Headline metric: <b>{html.escape(metric)}</b> on each task's test split; gap_to_full in points "
-                f"(100 x difference) against full fine-tuning at the same train fraction; trainable % of the "
-                f"backbone's parameters.</p>",
-                _table(table_rows(results, 1.0), "Task x method (whole train split)")]
+    sections = [f"<p>Headline metric: <b>{html.escape(metric)}</b> on each task's test split; vs_tfidf and "
+                f"gap_to_full in points (100 x difference) against the classical TF-IDF + logistic regression "
+                f"baseline (the baseline step, same test split; '(below)' marks a module that loses to it) and "
+                f"against full fine-tuning at the same train fraction; test_max_slice_gap: the largest macro-F1 "
+                f"gap between test slices; trainable % of the backbone's parameters.</p>",
+                _table(table_rows(results, 1.0), "Task x method (whole train split)"),
+                _table(shift_rows(results), "Domain shift (the shift step) beside each task's best module")]
     if curve:
         sections.append(f"<h2>Sample efficiency</h2><img src='{CURVE_FILE}' alt='sample-efficiency curve'>")
+    grads = draw_grad_flow(results, out)
+    if grads:
+        sections.append("<h2>Gradient flow (whole train split)</h2><p>Gradient norm per block against the optimizer "
+                        "step (log scale), from each module's metrics.json: which layers learn under the module "
+                        "kind and freeze policy.</p>" + "".join(
+                            f"<figure style='display:inline-block'><img src='{html.escape(f)}' width='360' "
+                            f"alt='gradient flow {html.escape(t)} {html.escape(m)}'><figcaption>{html.escape(t)}: "
+                            f"{html.escape(m)}</figcaption></figure>" for t, m, f in grads))
     curve_rows = [r for r in table_rows(results, None) if r["method"] in results.get("curve_methods", [])]
     sections.append(_table(sorted(curve_rows, key=lambda r: (r["task"], r["method"], r["train_fraction"] or 0)),
                            "Sample efficiency (every fraction)"))

@@ -282,7 +282,7 @@ def test_task_fingerprint_follows_the_versioned_fields(tmp_path):
     assert [s for s in changed if fp(s) == base] == []
     cfg = load_config(overrides=[])
     assert set(type(cfg.adapt).model_fields) - set(versioned_fields(cfg.adapt)) == {
-        "cpus_per_worker", "gpus_per_worker", "max_failures", "task_retries"}
+        "cpus_per_worker", "gpus_per_worker", "max_failures", "task_retries", "grad_profile_every"}
     assert set(type(cfg.tune).model_fields) - set(versioned_fields(cfg.tune)) == {"max_concurrent_trials", "state_dir"}
 
 

@@ -85,8 +85,22 @@ def test_transfer_runner_report_and_curve(tmp_path_factory, ray_local):
     cfg = base.model_validate({**base.model_dump(mode="json"), "transfer": {
         "methods": ["lora", "full"], "curve_methods": ["lora", "full"], "fractions": [0.5, 1.0],
         "tasks": ["doc_kind"], "router": True, "router_epochs": 5, "langid_task": "man_language"}})
-    out = transfer.evaluate(cfg, str(world["backbone"]), str(world["tasks_dir"]), world["root"] / "transfer-out")
+    from modpipe.baseline import compute
+
+    classical = json.loads(Path(compute(cfg, world["tasks_dir"], world["root"] / "classical")["baselines"]).read_text())
+    shift = {"tasks": {"doc_kind": {"perplexity": 12.5, "perplexity_ratio": 1.8, "js_divergence": 0.21}}}
+    out = transfer.evaluate(cfg, str(world["backbone"]), str(world["tasks_dir"]), world["root"] / "transfer-out",
+                            classical=classical, shift=shift)
     assert out["dir"] == str(world["root"] / "transfer-out")
+    # the baseline step's classical baselines beside the modules, on the same test split
+    tfidf = classical["doc_kind"]["tfidf_lr"]["test_macro_f1"]
+    classical_rows = {r["method"]: r for r in out["rows"] if r["method"] in ("majority", "tfidf_lr")}
+    assert set(classical_rows) == {"majority", "tfidf_lr"} and classical_rows["tfidf_lr"]["test_macro_f1"] == tfidf
+    out["rows"] = [r for r in out["rows"] if r["method"] not in classical_rows]
+    for r in out["rows"]:
+        assert r["vs_tfidf"] == pytest.approx(100 * (r["test_macro_f1"] - tfidf), abs=0.01)
+        assert r["below_baseline"] == (r["test_macro_f1"] < tfidf)
+        assert "test_max_slice_gap" in r
     rows = out["rows"]
     trained = {(r["task"], r["method"], r["train_fraction"]): r for r in rows if r["method"] != "router"}
     assert set(trained) == {("doc_kind", m, f) for m in ("lora", "full") for f in (0.5, 1.0)}
@@ -105,6 +119,9 @@ def test_transfer_runner_report_and_curve(tmp_path_factory, ray_local):
     assert results["routing"] == {} and results["baselines"] == {}  # man_language not among the tasks
     page = Path(out["report"]).read_text()
     assert "Task x method" in page and "curve.png" in page and "doc_kind" in page
+    assert "Domain shift" in page and "1.8" in page and "vs_tfidf" in page
+    grads = sorted(p.name for p in Path(out["dir"]).glob("grad-*.png"))
+    assert grads and all(g in page for g in grads) and "Gradient flow" in page
     png = Path(out["curve"]).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
