@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-MODULE_METRICS = ("test_accuracy", "test_macro_f1", "test_auroc_ovr", "test_ece")
+MODULE_METRICS = ("test_accuracy", "test_macro_f1", "test_auroc_ovr", "test_ece", "test_max_slice_gap")
 TOP_REASONS = 3
 BOOTSTRAP = 200
 """Paired resamples of the test rows for the module-vs-baseline interval (sklearn's F1 costs ~2 ms each on 2

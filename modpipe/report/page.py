@@ -342,6 +342,7 @@ def _modules(facts: dict[str, Any]) -> str:
               "vs": _vs_baseline(r), "full": other(r, "full"), "failed": r.get("failed") or ""} for r in rows]
     cols = [("task", "task"), ("dir", "from"), ("method", "method"), ("test_accuracy", "accuracy"),
             ("test_macro_f1", "macro-F1"), ("test_auroc_ovr", "AUROC"), ("test_ece", "ECE"),
+            ("test_max_slice_gap", "max slice gap"),
             ("trainable_pct", "trainable %"), ("train_seconds", "train s"), ("baseline", "baseline"),
             ("vs", "Δ vs baseline (95% CI)"), ("full", "full FT")]
     cols += [("failed", "failed")] if len(good) < len(rows) else []
