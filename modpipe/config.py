@@ -212,6 +212,12 @@ class PretrainConfig(_Section):
     log_every: int = unversioned(10)
     peak_tflops: float = unversioned(989.0, gt=0)
     """Per-GPU dense bf16 peak used for MFU (H100 SXM)."""
+    eval_every: int = unversioned(20, ge=0)
+    """Steps between held-out evaluations (loss and perplexity on the held-out shard: curate's last shard when
+    there are two or more, never trained on), and always at the last step; 0: none. With one shard nothing is
+    held out and nothing is evaluated. Reading the model only, it leaves training (and resume) unchanged."""
+    eval_rows: int = unversioned(256, ge=1)
+    """Held-out rows scored per evaluation (the shard's first ones, split over the ranks); at most the shard."""
 
     @field_validator("zero_stage")
     @classmethod

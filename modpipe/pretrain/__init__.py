@@ -1,13 +1,18 @@
 """Pretrain stage: DeepSpeed ZeRO data-parallel training of the backbone, run by Ray Train.
 
-``run(cfg, ctx)`` (the ``pretrain`` step) -> ``{"backbone", "fingerprint", "metrics"}``; ``train(cfg, curate_out, out,
-work)`` is the same without the contract gate, for callers that bring their own shards:
+``run(cfg, ctx)`` (the ``pretrain`` step) -> ``{"backbone", "fingerprint", "metrics", "heldout_shard"}``; ``train(cfg,
+curate_out, out, work)`` is the same without the contract gate, for callers that bring their own shards:
 
 - ``backbone``: the step dir ``<run_dir>/pretrain/pretrain-<version>`` with the HF export (``config.json``, ``model.safetensors``,
   tokenizer files), ``fingerprint.json`` (models.fingerprint) and ``metrics.json``;
 - ``fingerprint``: the backbone fingerprint (sha256 over every file that changes behaviour: weights, configs,
   tokenizer files; ``models.fingerprint``);
-- ``metrics``: path of ``metrics.json`` (loss curve, final loss, tokens/s, params, MFU on GPU).
+- ``metrics``: path of ``metrics.json`` (loss curve with ms/step, tokens/s and MFU on GPU; the held-out curve;
+  final loss, params);
+- ``heldout_shard``: the shard held out of training (its path relative to curate's manifest, as the manifest lists
+  it), or ``None``. With two or more shards curate's last one is never trained on: every ``pretrain.eval_every``
+  steps and at the last the ranks score its first ``pretrain.eval_rows`` rows (held-out loss and perplexity). With
+  one shard nothing is held out (``metrics.json``'s ``heldout_note`` says so).
 
 The step's version (``modpipe/steps.py``) hashes the model section, the versioned pretrain fields, the DeepSpeed
 JSON's content, the seed and curate's version. Ray Train's run lives in the step's work dir
@@ -44,15 +49,27 @@ def deepspeed_digest(cfg: PipelineConfig) -> dict:
 
 
 def _outputs(path: Path) -> dict[str, Any]:
+    metrics = json.loads((path / METRICS_FILE).read_text())
     return {
         "backbone": str(path),
         "fingerprint": read_backbone_fingerprint(path, verify=False),
         "metrics": str(path / METRICS_FILE),
+        "heldout_shard": (metrics.get("heldout") or {}).get("path"),
     }
 
 
+def split_heldout(manifest: dict) -> tuple[list[dict], dict | None]:
+    """(manifest entries trained on, the held-out entry or ``None``): curate's last shard is held out when there
+    are two or more; with one, nothing is."""
+    entries = list(manifest["shards"])
+    if len(entries) >= 2:
+        return entries[:-1], entries[-1]
+    return entries, None
+
+
 def _read_inputs(curate_out: dict, num_workers: int) -> tuple[dict, list[str], Path, int]:
-    """Manifest, shard paths, tokenizer.json and the vocabulary size; fails early and clearly on bad input."""
+    """Manifest, shard paths, tokenizer.json and the vocabulary size; fails early and clearly on bad input.
+    Every shard is checked, the held-out one included; the rows that must feed the workers are the training ones."""
     from tokenizers import Tokenizer
 
     manifest_path = Path(curate_out["manifest"])
@@ -65,9 +82,10 @@ def _read_inputs(curate_out: dict, num_workers: int) -> tuple[dict, list[str], P
     for entry, path in zip(manifest["shards"], shards):
         if sha256_file(path) != entry["sha256"]:
             raise ValueError(f"{path}: sha256 does not match {manifest_path}; the shard changed after curation")
-    total_rows = manifest.get("total_rows", sum(s["rows"] for s in manifest["shards"]))
+    train_entries, _ = split_heldout(manifest)
+    total_rows = sum(s["rows"] for s in train_entries)
     if total_rows < num_workers:
-        raise ValueError(f"{manifest_path}: {total_rows} rows cannot feed {num_workers} workers")
+        raise ValueError(f"{manifest_path}: {total_rows} training rows cannot feed {num_workers} workers")
     tokenizer = root / manifest["tokenizer"]
     if manifest.get("tokenizer_sha256") and sha256_file(tokenizer) != manifest["tokenizer_sha256"]:
         raise ValueError(f"{tokenizer}: sha256 does not match {manifest_path}")
@@ -124,19 +142,23 @@ def train(cfg: PipelineConfig, curate_out: dict, out: Path, work: Path) -> dict[
     p = cfg.pretrain
     ds_base = load_ds_config(p.deepspeed_config)
     manifest, shards, tokenizer, vocab_size = _read_inputs(curate_out, p.num_workers)
+    train_entries, held = split_heldout(manifest)
+    train_shards, heldout_shard = shards[:len(train_entries)], (shards[-1] if held else None)
     ensure_ray(cfg.ray)
     job = {
-        "model": cfg.model, "pretrain": p, "seed": cfg.seed, "ds_config": ds_base, "shards": shards,
-        "seq_len": manifest["seq_len"], "vocab_size": vocab_size, "tokenizer": str(tokenizer),
+        "model": cfg.model, "pretrain": p, "seed": cfg.seed, "ds_config": ds_base, "shards": train_shards,
+        "heldout_shard": heldout_shard, "seq_len": manifest["seq_len"], "vocab_size": vocab_size,
+        "tokenizer": str(tokenizer),
     }
-    log.info("pretrain: %d steps on %d rows, %d %s workers, ZeRO-%d", p.steps, manifest.get("total_rows", 0),
+    log.info("pretrain: %d steps on %d rows of %d shard(s), held out: %s, %d %s workers, ZeRO-%d", p.steps,
+             sum(s["rows"] for s in train_entries), len(train_entries), held["path"] if held else "nothing",
              p.num_workers, "GPU" if p.use_gpu else "CPU", p.zero_stage)
     result = _fit(cfg, job, Path(work) / "ray", name="backbone")
-    _export(cfg, result, Path(out), vocab_size)
+    _export(cfg, result, Path(out), vocab_size, held)
     return _outputs(Path(out))
 
 
-def _export(cfg: PipelineConfig, result, tmp: Path, vocab_size: int) -> None:
+def _export(cfg: PipelineConfig, result, tmp: Path, vocab_size: int, held: dict | None = None) -> None:
     """The final checkpoint's HF export, its fingerprint and the run's metrics, into ``tmp``."""
     p = cfg.pretrain
     with result.checkpoint.as_directory() as ckpt:
@@ -146,6 +168,7 @@ def _export(cfg: PipelineConfig, result, tmp: Path, vocab_size: int) -> None:
         shutil.copytree(hf, tmp, dirs_exist_ok=True)
         state = json.loads(Path(ckpt, STATE_FILE).read_text())
     backbone_fp = write_backbone_fingerprint(tmp)
+    eval_curve = state.get("eval_curve") or []  # .get: a run checkpointed before held-out evaluation existed
     metrics = {
         "final_loss": state["final_loss"],
         "initial_loss": state["loss_curve"][0]["loss"] if state["loss_curve"] else None,
@@ -173,6 +196,14 @@ def _export(cfg: PipelineConfig, result, tmp: Path, vocab_size: int) -> None:
         "vocab_size": vocab_size,
         "backbone_fingerprint": backbone_fp,
         "loss_curve": state["loss_curve"],
+        "heldout": ({"path": held["path"], "sha256": held["sha256"], "rows": held["rows"],
+                     "rows_scored": state.get("heldout_rows_scored")} if held else None),
+        "heldout_note": ("curate's last shard, never trained on" if held else
+                         "curate wrote one shard: nothing held out, no held-out loss"),
+        "eval_every": p.eval_every,
+        "final_heldout_loss": eval_curve[-1]["val_loss"] if eval_curve else None,
+        "final_heldout_ppl": eval_curve[-1]["val_ppl"] if eval_curve else None,
+        "eval_curve": eval_curve,
     }
     (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     log.info("pretrain: final loss %s, %s tokens/s", metrics["final_loss"], metrics["tokens_per_s"])

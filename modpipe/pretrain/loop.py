@@ -7,12 +7,18 @@ states, every rank its ZeRO partition) into a local temp dir and report it; Ray 
 into one checkpoint under the run's storage path, and a rerun with the same run name resumes from it. The final
 checkpoint also carries ``hf/``: a plain fp32 ``save_pretrained`` export of the model plus the tokenizer, which
 the driver copies into the stage output.
+
+Held-out evaluation (``eval_every`` steps and the last, when the driver names a held-out shard): every rank scores
+the same number of the shard's rows (its share of the first ``eval_rows``) in eval mode under ``no_grad``; the
+token-weighted NLL is summed over the world. It reads the weights only, so resume stays bitwise; its time, like a
+checkpoint's, is kept out of ms/step, tokens/s and MFU.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -84,6 +90,10 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     stream = BatchStream(rows, pcfg.micro_batch_size, seed, rank)
     log.info("data: %d rows on rank 0 (%d malformed skipped), %d micro-batches of %d per epoch",
              len(rows), skipped, stream.per_epoch, stream.batch_size)
+    heldout = None  # (n, T) this rank's held-out rows; the same n on every rank (below, once dist is up)
+    if job.get("heldout_shard") and pcfg.eval_every > 0:
+        heldout, _ = read_rank_rows([job["heldout_shard"]], seq_len, rank, world, vocab_size)
+        heldout = heldout[:-(-pcfg.eval_rows // world)]
 
     # ---------------------------------------------------------------- model
     model = build_causal_lm(model_cfg, vocab_size, seed=seed)
@@ -111,8 +121,30 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
              world, engine.bfloat16_enabled(), device, tokens_per_step, type(engine.basic_optimizer).__name__,
              " (fused)" if pcfg.fused_adam else "")
 
+    if heldout is not None:
+        n_held = torch.tensor(len(heldout), device=device)
+        dist.all_reduce(n_held, op=dist.ReduceOp.MIN)  # ZeRO-3 gathers in every forward: equal work per rank
+        heldout = heldout[:int(n_held.item())] if int(n_held.item()) > 0 else None
+        log.info("held-out: %s rows per rank, every %d steps", len(heldout) if heldout is not None else 0,
+                 pcfg.eval_every)
+
+    def evaluate(step: int) -> dict:
+        """Held-out loss (token-weighted mean NLL over the world) and perplexity at ``step``."""
+        engine.eval()
+        total = torch.zeros(2, device=device, dtype=torch.float64)  # (sum NLL, targets)
+        with torch.no_grad():
+            for i in range(0, len(heldout), stream.batch_size):
+                x = torch.from_numpy(heldout[i:i + stream.batch_size]).to(device)  # (B, T)
+                labels = x.masked_fill(x == PAD_ID, -100)
+                n = (labels[:, 1:] != -100).sum()
+                total += torch.stack([engine(input_ids=x, labels=labels).loss.double() * n, n.double()])
+        engine.train()
+        dist.all_reduce(total)
+        val = float(total[0] / total[1]) if total[1] > 0 else float("nan")
+        return {"step": step, "val_loss": round(val, 5), "val_ppl": round(math.exp(min(val, 50.0)), 4)}
+
     # ---------------------------------------------------------------- resume
-    state: dict[str, Any] = {"step": 0, "loss_curve": [], "tokens_seen": 0, "resumed_from": None,
+    state: dict[str, Any] = {"step": 0, "loss_curve": [], "eval_curve": [], "tokens_seen": 0, "resumed_from": None,
                              "tokens_per_s": None, "ms_per_step": None}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -126,6 +158,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
             raise RuntimeError(f"checkpoint {checkpoint.path} holds no DeepSpeed state for step {state['step']}")
         state["resumed_from"] = state["step"]
         log.info("resumed from step %d", state["step"])
+    state.setdefault("eval_curve", [])  # a checkpoint written before held-out evaluation has none
+    state["heldout_rows_scored"] = len(heldout) * world if heldout is not None else 0
 
     # ---------------------------------------------------------------- loop
     start = state["step"]
@@ -165,6 +199,16 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
                      f" | MFU {100 * point['mfu']:.1f}%" if on_gpu else "")
             window_loss.zero_()
             window_steps, t_window = 0, time.perf_counter()
+
+        if heldout is not None and (step % pcfg.eval_every == 0 or step == pcfg.steps):
+            t0 = time.perf_counter()
+            point = evaluate(step)
+            state["eval_curve"].append(point)
+            log.info("step %d/%d | held-out loss %.4f | perplexity %.2f", step, pcfg.steps, point["val_loss"],
+                     point["val_ppl"])
+            paused = time.perf_counter() - t0  # keep evaluation time out of ms/step, tokens/s and MFU
+            t_window += paused
+            t_warm += paused
 
         if step % pcfg.checkpoint_every == 0 and step < pcfg.steps:
             t0 = time.perf_counter()

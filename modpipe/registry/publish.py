@@ -265,7 +265,46 @@ def backbone_files(backbone: str | Path) -> dict[str, str]:
 
 def register_backbone(store: Store, cfg: PipelineConfig, backbone: str | Path, backbone_fp: str, experiment: str,
                       run_id: str | None) -> dict[str, str]:
-    """``<prefix>-backbone`` version of this fingerprint (created once): ``{"name", "version", "fingerprint"}``."""
+    """``<prefix>-backbone`` version of this fingerprint (created once): ``{"name", "version", "fingerprint"}``.
+
+    The version's run also holds how the backbone was trained, from its ``metrics.json`` when there is one: the
+    run's settings as params, the final figures as metrics (throughput over the whole run after the warm-up step as
+    ``steady_*``), and the curves as metric histories by step
+    (``train_loss``, ``lr``, ``ms_per_step``, ``tokens_per_s``, ``mfu`` on GPU; ``heldout_loss``, ``heldout_ppl``)."""
+
+    def _backbone_training(path: str | Path) -> tuple[dict[str, str], dict[str, float], list[tuple]]:
+        import time
+
+        try:
+            m = json.loads((Path(path) / "metrics.json").read_text())
+        except (OSError, ValueError):
+            return {}, {}, []
+        if not isinstance(m, dict):
+            return {}, {}, []
+
+        def num(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        params = {k: str(m[k]) for k in ("steps", "world_size", "zero_stage", "bf16", "device", "micro_batch_size",
+                                         "gradient_accumulation_steps", "seq_len", "tokens_per_step", "params",
+                                         "vocab_size", "eval_every") if m.get(k) is not None}
+        params["heldout_shard"] = str((m.get("heldout") or {}).get("path") or "none")
+        scalars = {k: float(m[k]) for k in ("final_loss", "initial_loss", "tokens_seen", "final_heldout_loss",
+                                            "final_heldout_ppl") if num(m.get(k))}
+        scalars.update({f"steady_{k}": float(m[k]) for k in ("tokens_per_s", "ms_per_step", "mfu") if num(m.get(k))})
+        now = int(time.time() * 1000)
+        history = []
+        for c in m.get("loss_curve") or []:
+            for src, key in (("loss", "train_loss"), ("lr", "lr"), ("ms_per_step", "ms_per_step"),
+                             ("tokens_per_s", "tokens_per_s"), ("mfu", "mfu")):
+                if isinstance(c, dict) and num(c.get(src)) and isinstance(c.get("step"), int):
+                    history.append((key, float(c[src]), now, c["step"]))
+        for c in m.get("eval_curve") or []:
+            for src, key in (("val_loss", "heldout_loss"), ("val_ppl", "heldout_ppl")):
+                if isinstance(c, dict) and num(c.get(src)) and isinstance(c.get("step"), int):
+                    history.append((key, float(c[src]), now, c["step"]))
+        return params, scalars, history
+
     name = backbone_name(cfg.publish.model_prefix)
     files = backbone_files(backbone)
     with store.writing():
@@ -283,8 +322,15 @@ def register_backbone(store: Store, cfg: PipelineConfig, backbone: str | Path, b
             tok = json.dumps(tokenizer_files(stage), sort_keys=True)
             tags = {"modpipe": "backbone", "backbone_fingerprint": backbone_fp, "tokenizer_files": tok,
                     "run_id_modpipe": str(run_id)}
-            rid, source = _log_run(store, experiment, f"backbone-{backbone_fp[:8]}", tags, {}, {}, stage,
+            params, scalars, history = _backbone_training(backbone)
+            rid, source = _log_run(store, experiment, f"backbone-{backbone_fp[:8]}", tags, params, scalars, stage,
                                    BACKBONE_ARTIFACT, files)
+            if history:  # the training curves, one metric per quantity with its step
+                from mlflow.entities import Metric
+
+                for i in range(0, len(history), 1000):
+                    store.retry(store.client.log_batch, rid, metrics=[Metric(k, v, t, step)
+                                                                      for k, v, t, step in history[i:i + 1000]])
         mv = store.retry(store.client.create_model_version, name, source, run_id=rid,
                          tags={**tags, **{f"{SHA_PREFIX}{k}": v for k, v in files.items()}},
                          description=f"backbone {backbone_fp[:12]}")

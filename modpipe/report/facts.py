@@ -196,9 +196,13 @@ def pretrain(out: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"train_curve": [(c.get("step"), c["loss"]) for c in curve],
             "heldout_curve": [(c.get("step"), c.get("val_loss", c.get("loss"))) for c in held],
             "tokens_per_s_curve": [(c.get("step"), c["tokens_per_s"]) for c in curve if c.get("tokens_per_s")],
+            "ms_per_step_curve": [(c.get("step"), c["ms_per_step"]) for c in curve if c.get("ms_per_step")],
+            "mfu_curve": [(c.get("step"), c["mfu"]) for c in curve if c.get("mfu") is not None],
+            "heldout_shard": (m.get("heldout") or {}).get("path"),
             **{k: m.get(k) for k in ("initial_loss", "final_loss", "steps", "tokens_seen", "tokens_per_s",
                                      "ms_per_step", "mfu", "params", "world_size", "zero_stage", "device",
-                                     "seq_len", "vocab_size")},
+                                     "seq_len", "vocab_size", "final_heldout_loss", "final_heldout_ppl",
+                                     "heldout_note")},
             "fingerprint": (out or {}).get("fingerprint") or m.get("backbone_fingerprint")}
 
 

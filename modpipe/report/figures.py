@@ -90,7 +90,7 @@ def _dots(points: list) -> str | None:
 
 
 def pretrain(p: dict[str, Any]) -> bytes:
-    """Loss per step (train; held-out when recorded) and throughput per step."""
+    """Loss per step (train; held-out when recorded, else why not) and throughput per step (MFU beside it on GPU)."""
     from matplotlib.ticker import MaxNLocator
 
     plt = _plt()
@@ -102,11 +102,21 @@ def pretrain(p: dict[str, Any]) -> bytes:
     a.set_title("loss")
     a.set_xlabel("step")
     a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    a.legend(frameon=False, fontsize=8, title=None if p["heldout_curve"] else "held-out: not computed",
-             title_fontsize=8)
+    if p["heldout_curve"]:
+        title = f"held-out: {p['heldout_shard']}" if p.get("heldout_shard") else None
+    else:
+        title = "held-out: none (one shard)" if p.get("heldout_note") and not p.get("heldout_shard") else \
+            "held-out: not computed"
+    a.legend(frameon=False, fontsize=8, title=title, title_fontsize=7)
     if p["tokens_per_s_curve"]:
         b.plot(*zip(*p["tokens_per_s_curve"]), color=COLORS["tps"], marker=_dots(p["tokens_per_s_curve"]))
-    b.set_title("tokens/s")
+    mfu = p.get("mfu_curve") or []
+    if mfu:  # GPU runs only
+        m = b.twinx()
+        m.plot(*zip(*[(st, 100 * v) for st, v in mfu]), color="#888888", linestyle="--", marker=_dots(mfu))
+        m.set_ylabel("MFU %", fontsize=8)
+        m.set_ylim(bottom=0)
+    b.set_title("tokens/s" + (" (dashed: MFU)" if mfu else ""))
     b.set_xlabel("step")
     b.xaxis.set_major_locator(MaxNLocator(integer=True))
     b.set_ylim(bottom=0)

@@ -146,8 +146,8 @@ def test_pretrain_trains_exports_and_reuses(ray_local, tmp_path):
     from modpipe import pretrain
     from modpipe.models.fingerprint import read_backbone_fingerprint
 
-    curated = make_curate_output(tmp_path / "curate")
-    cfg = tiny_cfg(tmp_path / "run")
+    curated = make_curate_output(tmp_path / "curate", n_shards=3)
+    cfg = tiny_cfg(tmp_path / "run", eval_every=4, eval_rows=6)
     work = tmp_path / "work"
     out = pretrain.train(cfg, curated, tmp_path / "backbone", work)
 
@@ -162,6 +162,24 @@ def test_pretrain_trains_exports_and_reuses(ray_local, tmp_path):
     assert losses[-1] < losses[0]
     assert metrics["params"] > 0 and metrics["tokens_per_s"] > 0 and metrics["mfu"] is None
     assert metrics["tokens_seen"] == 6 * 2 * 4 * SEQ_LEN
+    assert all(p["ms_per_step"] > 0 and p["tokens_per_s"] > 0 for p in metrics["loss_curve"])
+
+    # The last of the 3 shards is held out: named in the outputs (as shift reads it) and scored every 4 steps
+    # and at the last, 3 rows per rank.
+    manifest = json.loads(Path(curated["manifest"]).read_text())
+    assert out["heldout_shard"] == manifest["shards"][-1]["path"] == metrics["heldout"]["path"]
+    assert metrics["heldout"]["rows_scored"] == 6 and metrics["heldout"]["sha256"] == manifest["shards"][-1]["sha256"]
+    assert [p["step"] for p in metrics["eval_curve"]] == [4, 6]
+    assert all(math.isfinite(p["val_loss"]) and p["val_ppl"] == pytest.approx(math.exp(p["val_loss"]), rel=1e-3)
+               for p in metrics["eval_curve"])
+    assert metrics["final_heldout_loss"] == metrics["eval_curve"][-1]["val_loss"]
+
+    # The run report's facts and figure: both curves.
+    from modpipe.report import facts, figures
+
+    f = facts.pretrain(out)
+    assert [s for s, _ in f["heldout_curve"]] == [4, 6] and f["heldout_shard"] == out["heldout_shard"]
+    assert figures.pretrain(f)[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The export: safetensors only, loadable by the Auto classes, fingerprint verifies.
     files = {p.name for p in backbone.iterdir()}
@@ -181,7 +199,8 @@ def test_pretrain_trains_exports_and_reuses(ray_local, tmp_path):
     shutil.rmtree(backbone)
     again = pretrain.train(cfg, curated, backbone, work)
     assert again["backbone"] == out["backbone"] and again["fingerprint"] == out["fingerprint"]
-    assert json.loads(Path(again["metrics"]).read_text())["resumed_from_step"] == 6
+    again_metrics = json.loads(Path(again["metrics"]).read_text())
+    assert again_metrics["resumed_from_step"] == 6 and again_metrics["eval_curve"] == metrics["eval_curve"]
 
     # A pickle planted in the run dir's latest checkpoint (in place of DeepSpeed's model states): the resume reads
     # it with weights_only=True and stops, naming the file; the payload never runs (DeepSpeed's own load would).
@@ -194,6 +213,50 @@ def test_pretrain_trains_exports_and_reuses(ray_local, tmp_path):
     with pytest.raises(pretrain.PretrainError, match="refused to load a checkpoint file"):
         pretrain.train(cfg, curated, backbone, work)
     assert not marker.exists()
+
+
+def test_the_last_shard_is_held_out_when_there_are_two_or_more(tmp_path):
+    from modpipe.pretrain import _read_inputs, split_heldout
+
+    one = json.loads(Path(make_curate_output(tmp_path / "one", n_shards=1)["manifest"]).read_text())
+    assert split_heldout(one) == (one["shards"], None)
+    three = make_curate_output(tmp_path / "three", n_shards=3)
+    manifest = json.loads(Path(three["manifest"]).read_text())
+    train_entries, held = split_heldout(manifest)
+    assert train_entries == manifest["shards"][:2] and held == manifest["shards"][2]
+    rows = sum(s["rows"] for s in train_entries)
+    _read_inputs(three, rows)  # the training rows feed this many workers ...
+    with pytest.raises(ValueError, match="training rows cannot feed"):
+        _read_inputs(three, rows + 1)  # ... the held-out ones do not count
+
+
+def test_backbone_run_logs_the_training_curves(tmp_path):
+    """register_backbone: the backbone's MLflow run holds metrics.json's settings, final figures and curves."""
+    from modpipe.registry.publish import register_backbone
+    from modpipe.registry.store import Store
+    from registry_world import make_backbone, make_tokenizer
+
+    backbone = make_backbone(tmp_path / "backbone", make_tokenizer(tmp_path / "tok"))
+    curve = [{"step": s, "loss": 5.0 - s, "lr": 0.01, "ms_per_step": 10.0, "tokens_per_s": 100.0 * s}
+             for s in (2, 4)]
+    (backbone / "metrics.json").write_text(json.dumps({
+        "steps": 4, "world_size": 2, "final_loss": 1.0, "initial_loss": 3.0, "tokens_per_s": 321.0, "mfu": None,
+        "loss_curve": curve, "eval_curve": [{"step": 4, "val_loss": 1.5, "val_ppl": math.exp(1.5)}],
+        "heldout": {"path": "shards/shard-00001.parquet"}, "final_heldout_loss": 1.5}))
+    from modpipe.models.fingerprint import write_backbone_fingerprint
+
+    fp = write_backbone_fingerprint(backbone)
+    store = Store(f"sqlite:///{tmp_path / 'mlflow.db'}", cache_dir=tmp_path / "cache")
+    experiment = store.experiment_id("bb", (tmp_path / "artifacts").as_uri())
+    bb = register_backbone(store, load_config(overrides=[f"run_dir={tmp_path / 'run'}"]), backbone, fp, experiment,
+                           "run-1")
+    run = store.client.get_run(store.client.get_model_version(bb["name"], bb["version"]).run_id)
+    assert run.data.params["world_size"] == "2" and run.data.params["heldout_shard"] == "shards/shard-00001.parquet"
+    assert run.data.metrics["final_heldout_loss"] == 1.5 and run.data.metrics["steady_tokens_per_s"] == 321.0
+    history = store.client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted((m.step, m.value) for m in history) == [(2, 3.0), (4, 1.0)]
+    assert [(m.step, m.value) for m in store.client.get_metric_history(run.info.run_id, "heldout_loss")] == [(4, 1.5)]
+    assert "mfu" not in run.data.metrics  # CPU: no MFU
 
 
 def test_tampered_shard_is_refused_before_training(tmp_path):
