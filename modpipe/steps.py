@@ -67,7 +67,7 @@ STEPS: tuple[Step, ...] = (
          external="modpipe.contracts:suites_digest",
          help="Check every curated dataset against its Great Expectations suite (the gate of every consumer)."),
     Step("pretrain", "modpipe.pretrain:run", ("seed", "model", "pretrain"), ("curate", "contracts"),
-         code_version=3, external="modpipe.pretrain:deepspeed_digest",
+         code_version=4, external="modpipe.pretrain:deepspeed_digest",
          help="Pretrain the backbone (DeepSpeed ZeRO inside Ray Train)."),
     Step("adapt", "modpipe.adapt:run", ("seed", "adapt"), ("curate", "contracts", "pretrain"),
          help="Train one module + head per task on the frozen backbone, tasks in parallel."),

@@ -17,7 +17,8 @@ curate_out, out, work)`` is the same without the contract gate, for callers that
 The step's version (``modpipe/steps.py``) hashes the model section, the versioned pretrain fields, the DeepSpeed
 JSON's content, the seed and curate's version. Ray Train's run lives in the step's work dir
 (``<run_dir>/pretrain/.work-pretrain-<version>/ray/backbone``), so rerunning after a crash resumes from the latest
-checkpoint. Multi-node: shards, tokenizer and ``run_dir`` must be on storage every node sees.
+checkpoint (each rank's data stream, ``data.ShardStream``, resumes from the read position stored in it).
+Multi-node: shards, tokenizer and ``run_dir`` must be on storage every node sees.
 """
 
 from __future__ import annotations

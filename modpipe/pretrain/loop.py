@@ -28,6 +28,7 @@ from typing import Any
 DS_DIR = "ds"  # DeepSpeed checkpoint inside a Ray checkpoint
 STATE_FILE = "train_state.json"  # step, loss curve, throughput (rank 0)
 HF_DIR = "hf"  # final checkpoint only: the HF export
+DATA_POS = "data_rank{rank}.json"  # each rank: where its data stream resumes (epoch, unit, row; world size)
 
 
 def _logger(rank: int) -> logging.Logger:
@@ -73,7 +74,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     from modpipe.models.backbone import (
         PAD_ID, build_causal_lm, count_params, estimate_mfu, flops_per_token, optim_groups,
     )
-    from modpipe.pretrain.data import BatchStream, read_rank_rows
+    from modpipe.pretrain.data import ShardStream, read_rank_rows
     from modpipe.pretrain.ds_config import build_ds_config
     from modpipe.pretrain.safe_load import guard
 
@@ -86,10 +87,10 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     log = _logger(rank)
 
     # ---------------------------------------------------------------- data
-    rows, skipped = read_rank_rows(job["shards"], seq_len, rank, world, vocab_size)  # (N, T)
-    stream = BatchStream(rows, pcfg.micro_batch_size, seed, rank)
-    log.info("data: %d rows on rank 0 (%d malformed skipped), %d micro-batches of %d per epoch",
-             len(rows), skipped, stream.per_epoch, stream.batch_size)
+    # Streamed: this rank reads only its units (row-group pieces) of the shards, one at a time.
+    stream = ShardStream(job["shards"], seq_len, vocab_size, pcfg.micro_batch_size, seed, rank, world)
+    log.info("data: %d units (row-group pieces) over %d ranks, micro-batches of %d on rank 0", len(stream.units),
+             world, stream.batch_size)
     heldout = None  # (n, T) this rank's held-out rows; the same n on every rank (below, once dist is up)
     if job.get("heldout_shard") and pcfg.eval_every > 0:
         heldout, _ = read_rank_rows([job["heldout_shard"]], seq_len, rank, world, vocab_size)
@@ -146,6 +147,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     # ---------------------------------------------------------------- resume
     state: dict[str, Any] = {"step": 0, "loss_curve": [], "eval_curve": [], "tokens_seen": 0, "resumed_from": None,
                              "tokens_per_s": None, "ms_per_step": None}
+    data_pos = None  # where this rank's stream resumes
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         # Nothing in the run dir is unpickled: DeepSpeed's files are read with weights_only=True and an allow-list
@@ -153,17 +155,28 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
         guard(engine)
         with checkpoint.as_directory() as ckpt_dir:
             state = json.loads(Path(ckpt_dir, STATE_FILE).read_text())
+            pos_file = Path(ckpt_dir, DATA_POS.format(rank=rank))
+            data_pos = json.loads(pos_file.read_text()) if pos_file.is_file() else None
             loaded, _ = engine.load_checkpoint(os.path.join(ckpt_dir, DS_DIR), tag=f"step{int(state['step'])}")
         if loaded is None:
             raise RuntimeError(f"checkpoint {checkpoint.path} holds no DeepSpeed state for step {state['step']}")
+        if data_pos is not None and data_pos.get("world") != world:
+            raise RuntimeError(f"checkpoint {checkpoint.path} was written by {data_pos.get('world')} ranks, "
+                               f"not {world}")
         state["resumed_from"] = state["step"]
-        log.info("resumed from step %d", state["step"])
+        log.info("resumed from step %d (data at %s)", state["step"], data_pos)
     state.setdefault("eval_curve", [])  # a checkpoint written before held-out evaluation has none
     state["heldout_rows_scored"] = len(heldout) * world if heldout is not None else 0
 
     # ---------------------------------------------------------------- loop
     start = state["step"]
-    batches = stream.iter_from(start * ga)  # same batches as an uninterrupted run
+    base_skipped = state.get("skipped_rows", 0)  # malformed rows rank 0 met before this process
+    if data_pos is not None:
+        batches = stream.iter_from(data_pos)  # same batches as an uninterrupted run
+    else:  # a fresh run, or a checkpoint without read positions: skip what the first `start` steps read
+        batches = stream.iter_from(None)
+        for _ in range(start * ga):
+            next(batches)
     engine.train()
     window_loss = torch.zeros((), device=device)
     window_steps, t_window, t_warm = 0, time.perf_counter(), None
@@ -212,7 +225,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
 
         if step % pcfg.checkpoint_every == 0 and step < pcfg.steps:
             t0 = time.perf_counter()
-            _checkpoint(engine, state, rank, final=None)
+            state["skipped_rows"] = base_skipped + stream.skipped
+            _checkpoint(engine, state, rank, final=None, data_pos={**stream.position(), "world": world})
             paused = time.perf_counter() - t0  # keep checkpoint time out of ms/step, tokens/s and MFU
             t_window += paused
             t_warm += paused  # set at the first step, before any checkpoint
@@ -226,22 +240,24 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     state.update(
         params=n_params, flops_per_token=flops_tok, world_size=world, zero_stage=zero_stage,
         bf16=bool(engine.bfloat16_enabled()), device=str(device.type), micro_batch_size=stream.batch_size,
-        gradient_accumulation_steps=ga, seq_len=seq_len, tokens_per_step=tokens_per_step, skipped_rows=skipped,
+        gradient_accumulation_steps=ga, seq_len=seq_len, tokens_per_step=tokens_per_step,
+        skipped_rows=base_skipped + stream.skipped,  # met while reading (a unit re-read after a resume counts again)
         attn_implementation=pcfg.attn_implementation, activation_checkpointing=pcfg.activation_checkpointing,
         fused_adam=pcfg.fused_adam,
         final_loss=state["loss_curve"][-1]["loss"] if state["loss_curve"] else None,
         mfu=(round(estimate_mfu(flops_tok, state["tokens_per_s"], world, pcfg.peak_tflops), 4)
              if on_gpu and state["tokens_per_s"] else None),
     )
-    _checkpoint(engine, state, rank, final=job)
+    _checkpoint(engine, state, rank, final=job, data_pos={**stream.position(), "world": world})
     log.info("done: %d steps, final loss %s", state["step"], state["final_loss"])
     return state
 
 
-def _checkpoint(engine, state: dict, rank: int, final: dict | None) -> None:
+def _checkpoint(engine, state: dict, rank: int, final: dict | None, data_pos: dict | None = None) -> None:
     """All ranks: DeepSpeed checkpoint into a local temp dir, then ``ray.train.report`` (a barrier).
 
-    ``final``: the job dict; the checkpoint then also gets the HF export.
+    ``final``: the job dict; the checkpoint then also gets the HF export. ``data_pos``: where this rank's data
+    stream resumes (each rank its own file; Ray merges the ranks' files into the one checkpoint).
     """
     import ray.train
 
@@ -253,6 +269,8 @@ def _checkpoint(engine, state: dict, rank: int, final: dict | None) -> None:
             _export_hf(engine, rank, Path(tmp, HF_DIR), final)
         if rank == 0:
             Path(tmp, STATE_FILE).write_text(json.dumps(state, indent=1))
+        if data_pos is not None:
+            Path(tmp, DATA_POS.format(rank=rank)).write_text(json.dumps(data_pos))
         last = state["loss_curve"][-1]["loss"] if state["loss_curve"] else float("nan")
         ray.train.report({"step": state["step"], "loss": last},
                          checkpoint=ray.train.Checkpoint.from_directory(tmp))

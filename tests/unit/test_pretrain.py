@@ -107,6 +107,67 @@ def test_batch_stream_resumes_exactly():
     assert {tuple(r) for _, b in first[:3] for r in b.tolist()} <= {tuple(r) for r in rows.tolist()}
 
 
+def _row_groups_shards(root: Path, sizes=(10, 7, 12), per_group: int = 3) -> list[str]:
+    """Shards of distinct rows (row i is all i + 3) in row groups of ``per_group`` rows."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths, first = [], 0
+    for k, n in enumerate(sizes):
+        rows = [[first + i + 3] * SEQ_LEN for i in range(n)]
+        first += n
+        path = root / f"s{k}.parquet"
+        pq.write_table(pa.table({"input_ids": pa.array(rows, type=pa.list_(pa.int32()))}), path,
+                       row_group_size=per_group)
+        paths.append(str(path))
+    return paths
+
+
+def test_shard_stream_splits_units_over_ranks_and_resumes_from_its_position(tmp_path, monkeypatch):
+    from modpipe.pretrain.data import ShardStream
+
+    shards = _row_groups_shards(tmp_path)
+    total = 10 + 7 + 12
+    streams = [ShardStream(shards, SEQ_LEN, 10_000, 4, seed=0, rank=r, world_size=2) for r in range(2)]
+    for epoch in (0, 1):  # disjoint units that cover every row, a different split each epoch
+        units = [streams[r].epoch_units(epoch) for r in range(2)]
+        assert not set(units[0]) & set(units[1]) and sum(b - a for u in units for _, _, a, b in u) == total
+    assert streams[0].epoch_units(0) != streams[0].epoch_units(1)
+
+    # A rank opens only its own row groups.
+    opened = []
+    real = ShardStream._read
+    monkeypatch.setattr(ShardStream, "_read", lambda self, e, j, unit: opened.append(unit) or real(self, e, j, unit))
+    s = streams[1]
+    it = s.iter_from(None)
+    seen, positions = [], []
+    for _ in range(8):  # past the end of the first epoch
+        seen.append(next(it))
+        positions.append(s.position())
+    assert set(opened[:len(s.epoch_units(0))]) == set(s.epoch_units(0))
+    ids = [int(r[0]) - 3 for e, b in seen if e == 0 for r in b]
+    assert len(ids) == len(set(ids))  # no row twice within an epoch
+    assert all(b.shape == (4, SEQ_LEN) for _, b in seen)
+
+    # From any recorded position, a fresh stream (a resumed run) yields the same batches.
+    for k in (0, 2, 5):
+        fresh = ShardStream(shards, SEQ_LEN, 10_000, 4, seed=0, rank=1, world_size=2)
+        again = fresh.iter_from({**positions[k], "world": 2})
+        assert fresh.position() == positions[k]  # before it yields (a run resumed at its last step)
+        for e, b in seen[k + 1:]:
+            e2, b2 = next(again)
+            assert e2 == e
+            np.testing.assert_array_equal(b2, b)
+
+    # Fewer row groups than ranks: the row group is split, every rank gets a piece; malformed rows are left out.
+    bad = tmp_path / "one.parquet"
+    pq.write_table(pa.table({"input_ids": pa.array([[5] * SEQ_LEN, [5] * 3, [10_000] * SEQ_LEN, [6] * SEQ_LEN],
+                                                   type=pa.list_(pa.int32()))}), bad)
+    pair = [ShardStream([str(bad)], SEQ_LEN, 300, 4, seed=0, rank=r, world_size=2) for r in range(2)]
+    assert all(len(p.epoch_units(0)) == 1 and p.batch_size == 2 for p in pair)
+    got = [next(p.iter_from(None))[1] for p in pair]  # 1 good row per piece: each batch spans two epochs
+    assert all(b.shape == (2, SEQ_LEN) and set(b[:, 0].tolist()) <= {5, 6} for b in got)
+    assert [p.skipped for p in pair] == [2, 2]  # one malformed row per piece read
+
+
 def test_deepspeed_config_is_filled_from_the_pretrain_section(tmp_path):
     cfg = tiny_cfg(tmp_path, zero_stage=1, gradient_accumulation_steps=2)
     base = load_ds_config(cfg.pretrain.deepspeed_config)
@@ -193,6 +254,11 @@ def test_pretrain_trains_exports_and_reuses(ray_local, tmp_path):
     assert (tok.pad_token_id, tok.unk_token_id, tok.eos_token_id) == (0, 1, 2)
     ids = tok("Command-line parsing library", return_tensors="pt")["input_ids"]
     assert lm(input_ids=ids).logits.shape == (1, ids.shape[1], metrics["vocab_size"])
+
+    # Every rank's read position is in the checkpoints (a resumed run streams on from there).
+    (last,) = sorted(p.parent for p in work.glob("ray/backbone/checkpoint_*/train_state.json"))[-1:]
+    assert sorted(p.name for p in last.glob("data_rank*.json")) == ["data_rank0.json", "data_rank1.json"]
+    assert json.loads((last / "data_rank1.json").read_text())["world"] == 2
 
     # Lost output but Ray's run is still in the work dir: the rerun resumes from the final checkpoint (no new
     # steps) and exports the same weights.
