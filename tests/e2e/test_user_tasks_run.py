@@ -17,6 +17,7 @@ import pytest
 
 from modpipe import pipeline
 from modpipe.config import load_config
+from modpipe.steps import dag_targets
 from run_helpers import SMOKE
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
@@ -54,7 +55,7 @@ def test_a_run_with_only_user_tasks(ray_local, tmp_path):
                               "tasks.min_examples_per_label=4", "tasks.min_chars=20",
                               "tune.tasks=[code_pkg]", "tune.num_samples=1"])
     with pytest.raises(pipeline.TaskDataError, match="one_label.*a classifier needs two"):
-        pipeline.run(cfg, ["publish"])
+        pipeline.run(cfg, dag_targets())  # what `modpipe run` runs
 
     summary = json.loads((run_dir / "run_summary.json").read_text())
     assert summary["outcome"] == "failed" and set(summary["failed_tasks"]) == {"one_label"}
