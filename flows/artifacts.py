@@ -97,10 +97,23 @@ def transfer_artifacts(cfg: PipelineConfig, out: dict) -> None:
     _link(cfg, out.get("report"), "transfer-report")
 
 
+def drift_artifacts(cfg: PipelineConfig, out: dict) -> None:
+    """Link to the drift report + a table of the checks that moved (an error fails the step: then the failed
+    record's copy)."""
+    record = _read(out.get("checks")) or {}
+    _link(cfg, out.get("report"), "drift-report", f"drift: {record.get('status')}: {record.get('message')}")
+    rows = [{k: c[k] for k in ("severity", "check", "subject", "value", "warn", "error", "detail")}
+            for c in record.get("checks", []) if c["severity"] != "ok"]
+    if rows:
+        create_table_artifact(table=rows, key=artifact_key(cfg, "drift-checks"),
+                              description=f"drift checks that moved against the reference ({out.get('checks')})")
+
+
 PUBLISHERS = {
     "curate": curate_artifacts,
     "contracts": lambda cfg, out: contract_artifacts(cfg, out.get("data_docs"), out.get("results")),
     "adapt": adapt_artifacts,
+    "drift": drift_artifacts,
     "publish": publish_artifacts_,
     "transfer": transfer_artifacts,
 }
@@ -114,6 +127,8 @@ def publish_artifacts(cfg: PipelineConfig, step: str, result) -> None:
 def publish_failure(cfg: PipelineConfig, step: str, err: BaseException) -> None:
     if step == "contracts" and hasattr(err, "data_docs"):
         contract_artifacts(cfg, err.data_docs, err.results)
+    if step == "drift" and getattr(err, "results", None):
+        drift_artifacts(cfg, {"checks": err.results, "report": str(Path(err.results).with_name("drift.html"))})
 
 
 def run_summary(cfg: PipelineConfig) -> None:

@@ -74,7 +74,8 @@ def _guard(fn: Callable[[], Any]) -> Any:
     except Exception as e:  # noqa: BLE001 - the CLI's job is to turn any failure into one line
         lines = str(e).strip().splitlines()
         # a refused step or a failed contract explains itself over a few lines (expectations, Data Docs)
-        explained = type(e).__name__ in ("ContractViolation", "GateError", "StepError", "StepFailed", "StepBusy")
+        explained = type(e).__name__ in ("ContractViolation", "DriftError", "GateError", "StepError", "StepFailed",
+                                              "StepBusy")
         reason = "\n".join(lines[:40]) if explained and lines else (lines[0] if lines else type(e).__name__)
         if os.environ.get("MODPIPE_DEBUG"):
             console.print_exception()
@@ -211,6 +212,11 @@ def _step_command(name: str, help_text: str) -> None:
 
         _emit(_guard(go))
 
+    if name == "drift":  # `modpipe drift` runs the step; `modpipe drift accept|show` manage its reference
+        from modpipe.cli_drift import drift_group
+
+        app.add_typer(drift_group(command, help_text), name=name)
+        return
     app.command(name=name, help=help_text + " Upstream steps are reused when built, built otherwise.")(command)
 
 

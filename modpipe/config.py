@@ -22,6 +22,7 @@ from modpipe.config_base import (  # noqa: F401 - ConfigError, Name, check_name 
     ConfigError, Name, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, _Section, check_name, unversioned,
 )
 from modpipe.config_tasks import TasksConfig, TaskSpec  # noqa: F401 - re-exported
+from modpipe.config_drift import DriftConfig  # noqa: F401 - re-exported
 from modpipe.config_curate import (  # noqa: F401 - re-exported
     CurateConfig, DecontamConfig, GopherConfig, LanguageConfig, MinHashConfig, PiiConfig, RepetitionConfig,
 )
@@ -396,6 +397,9 @@ class RayConfig(_Section):
 
 
 class PipelineConfig(_Section):
+    name: Name = unversioned("default")
+    """The pipeline's name: runs of the same name against the same registry share a drift reference
+    (``modpipe/drift``)."""
     run_dir: str = "runs/default"
     run_dir_access: Literal["private", "group-read", "group-write"] = unversioned("private")
     """Permissions of the run dir (``modpipe.rundir``): ``private`` 0700 (only you), ``group-read`` 0750,
@@ -413,6 +417,7 @@ class PipelineConfig(_Section):
     transfer: TransferConfig = TransferConfig()
     baseline: BaselineConfig = BaselineConfig()
     publish: PublishConfig = PublishConfig()
+    drift: DriftConfig = DriftConfig()
     ray: RayConfig = RayConfig()
 
     @property

@@ -238,6 +238,10 @@ def execute(step: Step, cfg: PipelineConfig, inputs: dict[str, StepResult], *, r
         up = inputs.get(name)
         if up is None or not up.succeeded:
             raise StepError(f"{step.name}: upstream step {name} has not succeeded")
+    if step.gates:
+        from modpipe.gates import require_gates
+
+        require_gates(step, inputs)
     check_name(run_id, "run id")  # it names temp dirs, failed records, summaries and registry tags
     ensure_run_dir(cfg)  # private (0700) unless run_dir_access says otherwise, before anything is written
     version, basis = step_version(step, cfg, {n: inputs[n].version for n in step.inputs})
@@ -275,6 +279,7 @@ def execute(step: Step, cfg: PipelineConfig, inputs: dict[str, StepResult], *, r
             **holder, "state": RUNNING, "started": started, "config": basis["config"],
             "external": basis["external"], "upstream": {n: {"version": inputs[n].version, "dir": str(inputs[n].dir)}
                                                         for n in step.inputs},
+            "gates": {g: {"version": inputs[g].version, "dir": str(inputs[g].dir)} for g in step.gates},
             "code_version": step.code_version, "libraries": library_versions(), "git_commit": git_commit(),
         }
         _write_status(tmp, record)

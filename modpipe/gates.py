@@ -3,6 +3,10 @@
 ``require_contracts(ctx)`` is called first thing by the entry function of every step that reads curated data
 (pretrain, adapt, tune, transfer, publish): it re-reads the contracts step's record from disk and refuses unless
 it says *succeeded*, for that exact curate version, with at least one dataset checked.
+
+``require_gates(step, results)`` is the same rule for a step's ``Step.gates`` (the drift gate), checked by the
+executor before every such step: each gate must have run in this walk, its record on disk must say *succeeded*,
+for the curate version the step reads. Gates are not inputs: their versions are not part of the step's.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from modpipe.executor import StepContext
+    from modpipe.executor import StepContext, StepResult
+    from modpipe.steps import Step
 
 
 class GateError(RuntimeError):
@@ -38,3 +43,23 @@ def require_contracts(ctx: StepContext) -> None:
                         f"record {contracts.dir} checked curate version {checked}")
     if int(record.outputs.get("datasets", 0)) < 1:
         raise GateError(f"{ctx.step}: refusing curate output {curate.dir}: its contract record checked no dataset")
+
+
+def require_gates(step: Step, results: dict[str, StepResult]) -> None:
+    """Refuse ``step`` unless each of its gates succeeded in this run for the curate output it reads."""
+    from modpipe.executor import load_result
+
+    curate = results.get("curate")
+    for gate in step.gates:
+        given = results.get(gate)
+        if given is None:
+            raise GateError(f"{step.name}: the {gate} gate has not run for this run (run the step through the "
+                            f"executor: modpipe {step.name}, the Prefect flows or modpipe.pipeline.run)")
+        record = load_result(given.dir)  # what is on disk, not what the caller says
+        if record is None or not record.succeeded:
+            why = (record.record.get("error") if record is not None else None) or f"no record at {given.dir}"
+            raise GateError(f"{step.name}: refused: the {gate} gate did not pass: {why}")
+        checked = record.outputs.get("curate_version")
+        if curate is not None and checked != curate.version:
+            raise GateError(f"{step.name}: refused: the {gate} record {given.dir} checked curate version {checked}, "
+                            f"this step reads {curate.version}")

@@ -48,6 +48,9 @@ def run(cfg: PipelineConfig, targets: list[str], *, run_id: str | None = None, f
         err = TaskDataError("; ".join(unusable.values()))
         write_summary(cfg, run_id, targets, results, t0, error=err)
         raise err
+    from modpipe.drift import remember
+
+    remember(cfg, results, run_id)  # a succeeded run's profile is the next run's drift reference
     return write_summary(cfg, run_id, targets, results, t0)
 
 

@@ -37,6 +37,10 @@ class Step:
     """``module:function`` returning JSON digests of inputs from outside the run dir (user files, suites)."""
     in_dag: bool = True
     """Part of ``modpipe run``; others (transfer) run on demand."""
+    gates: tuple[str, ...] = ()
+    """Gate steps that must have succeeded in the same run, for the same curate output, before this one runs
+    (planned and checked by the executor, ``gates.require_gates``) but whose versions are not part of this one's:
+    the drift gate's reference changes re-run the check, not its consumers."""
     help: str = ""
 
     def function(self) -> Callable[..., dict[str, Any]]:
@@ -66,22 +70,27 @@ STEPS: tuple[Step, ...] = (
     Step("contracts", "modpipe.contracts:run", ("seed", "contracts"), ("curate",),
          external="modpipe.contracts:suites_digest",
          help="Check every curated dataset against its Great Expectations suite (the gate of every consumer)."),
+    Step("profile", "modpipe.drift:run_profile", ("drift",), ("curate",),
+         help="Profile the curated data (lengths, token counts, language mix, label shares, top tokens)."),
+    Step("drift", "modpipe.drift:run", ("drift",), ("curate", "profile"), external="modpipe.drift:reference_digest",
+         help="Compare the profile with the reference profile of the same pipeline name (a gate of every consumer)."),
     Step("pretrain", "modpipe.pretrain:run", ("seed", "model", "pretrain"), ("curate", "contracts"),
-         code_version=4, external="modpipe.pretrain:deepspeed_digest",
+         code_version=4, external="modpipe.pretrain:deepspeed_digest", gates=("drift",),
          help="Pretrain the backbone (DeepSpeed ZeRO inside Ray Train)."),
-    Step("adapt", "modpipe.adapt:run", ("seed", "adapt"), ("curate", "contracts", "pretrain"),
+    Step("adapt", "modpipe.adapt:run", ("seed", "adapt"), ("curate", "contracts", "pretrain"), gates=("drift",),
          help="Train one module + head per task on the frozen backbone, tasks in parallel."),
     Step("baseline", "modpipe.baseline:run", ("seed", "baseline"), ("curate", "contracts"), code_version=2,
+         gates=("drift",),
          help="Classical baselines per task (majority; TF-IDF + logistic regression) on the modules' own splits."),
-    Step("shift", "modpipe.evaluate.shift:run", ("seed",), ("curate", "contracts", "pretrain"),
+    Step("shift", "modpipe.evaluate.shift:run", ("seed",), ("curate", "contracts", "pretrain"), gates=("drift",),
          help="Domain shift per task: backbone perplexity on the task's test text vs pretraining text, unigram JS."),
-    Step("tune", "modpipe.tune:run", ("seed", "adapt", "tune"), ("curate", "contracts", "pretrain"),
+    Step("tune", "modpipe.tune:run", ("seed", "adapt", "tune"), ("curate", "contracts", "pretrain"), gates=("drift",),
          help="Ray Tune (ASHA) over module hyperparameters; the best trial's module is the task's candidate."),
     Step("publish", "modpipe.registry:run", ("publish",),
-         ("curate", "contracts", "pretrain", "adapt", "baseline", "tune"), code_version=2,
+         ("curate", "contracts", "pretrain", "adapt", "baseline", "tune"), code_version=2, gates=("drift",),
          help="Gate the candidates (tune's best where tuned, else adapt's) and register those that pass."),
     Step("transfer", "modpipe.evaluate.transfer:run", ("seed", "adapt", "transfer"),
-         ("curate", "contracts", "pretrain", "baseline", "shift"), code_version=2, in_dag=False,
+         ("curate", "contracts", "pretrain", "baseline", "shift"), code_version=2, in_dag=False, gates=("drift",),
          help="Transfer report: every task x module method (and train fraction), router, external baselines."),
 )
 BY_NAME = {s.name: s for s in STEPS}
@@ -99,13 +108,13 @@ def dag_targets() -> list[str]:
 
 
 def plan(targets: Iterable[str]) -> list[Step]:
-    """The targets and everything they read, in list order (the list is topologically ordered)."""
+    """The targets, everything they read and their gates, in list order (the list is topologically ordered)."""
     needed: set[str] = set()
 
     def visit(name: str) -> None:
         if name not in needed:
             needed.add(name)
-            for up in get(name).inputs:
+            for up in get(name).inputs + get(name).gates:
                 visit(up)
 
     for t in targets:

@@ -43,6 +43,14 @@ def local_path(uri: str) -> Path | None:
     return None
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (SQLAlchemy's form: ``sqlite:///relative.db``,
+    ``sqlite:////absolute/path.db``), None for other stores. Not ``urlparse``: it reads ``//tmp/x`` as host ``tmp``."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))
+
+
 def _transient(err: BaseException) -> bool:
     text = f"{type(err).__name__}: {err}".lower()
     return any(s in text for s in ("database is locked", "database table is locked", "temporarily unavailable",
@@ -58,7 +66,7 @@ class Store:
 
     def __init__(self, uri: str, cache_dir: str | Path | None = None):
         self.uri = uri
-        self.sqlite = local_path(uri.removeprefix("sqlite://")) if uri.startswith("sqlite:///") else None
+        self.sqlite = sqlite_path(uri)
         self.cache = Path(cache_dir) if cache_dir else default_cache()
         self._client = None
 

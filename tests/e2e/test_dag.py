@@ -50,7 +50,7 @@ def test_modpipe_run_whole_dag_and_tune_feeds_publish(smoke_built, ray_local, tm
     assert r.returncode == 0, r.stderr[-4000:]
     summary = json.loads((run_dir / "run_summary.json").read_text())
     assert summary["outcome"] == "succeeded" and list(summary["steps"]) == [
-        "curate", "contracts", "pretrain", "adapt", "baseline", "shift", "tune", "publish"]
+        "curate", "contracts", "profile", "drift", "pretrain", "adapt", "baseline", "shift", "tune", "publish"]
     assert all(summary["steps"][s]["skipped"] for s in ("curate", "contracts", "pretrain"))
     assert not any(summary["steps"][s]["skipped"] for s in ("adapt", "baseline", "shift", "tune", "publish"))
     # quiet: no traceback of ours (lines Ray forwards from its own actors carry an "(Actor pid=...)" prefix)
@@ -80,11 +80,13 @@ def test_modpipe_run_whole_dag_and_tune_feeds_publish(smoke_built, ray_local, tm
     listing = modpipe("registry", "list", "--config", SMOKE, "--set", f"run_dir={run_dir}")
     assert listing.returncode == 0 and all(r["name"] in listing.stdout for r in publish["registered"])
 
-    # the same command again: every step reused, nothing rebuilt
+    # the same command again: every step reused, nothing rebuilt but the drift check (the first run's profile is
+    # the reference now: a new reference is a new drift version), which finds nothing moved
     r = modpipe("run", "--engine", "local", "--config", SMOKE, *sets, env=ray_env(ray_local))
     assert r.returncode == 0, r.stderr[-3000:]
     again = json.loads((run_dir / "run_summary.json").read_text())
-    assert all(s["skipped"] for s in again["steps"].values()) and again["run_id"] != summary["run_id"]
+    assert all(s["skipped"] for n, s in again["steps"].items() if n != "drift") and again["run_id"] != summary["run_id"]
+    assert again["drift"]["status"] == "ok" and again["drift"]["warnings"] == 0
 
 
 def test_failed_contract_stops_every_consumer_whichever_way_it_is_started(smoke_built, ray_local, tmp_path):
@@ -150,7 +152,9 @@ def test_two_runs_at_once_on_one_run_dir(smoke_built, ray_local, tmp_path):
         assert len(step_dirs(run_dir, step)) == 1, step
     r = modpipe("run", "--engine", "local", "--config", SMOKE, *sets, env=ray_env(ray_local))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert all(s["skipped"] for s in json.loads((run_dir / "run_summary.json").read_text())["steps"].values())
+    # all reused but the drift check against the winner's profile, now the reference
+    assert all(s["skipped"] for n, s in json.loads((run_dir / "run_summary.json").read_text())["steps"].items()
+               if n != "drift")
 
 
 def test_kill_during_pretrain_then_rerun_is_bitwise_equal(smoke_built, ray_local, tmp_path):

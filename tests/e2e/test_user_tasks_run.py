@@ -59,8 +59,8 @@ def test_a_run_with_only_user_tasks(ray_local, tmp_path):
 
     summary = json.loads((run_dir / "run_summary.json").read_text())
     assert summary["outcome"] == "failed" and set(summary["failed_tasks"]) == {"one_label"}
-    assert list(summary["steps"]) == ["curate", "contracts", "pretrain", "adapt", "baseline", "shift", "tune",
-                                      "publish"]
+    assert list(summary["steps"]) == ["curate", "contracts", "profile", "drift", "pretrain", "adapt", "baseline",
+                                      "shift", "tune", "publish"]
     assert all(s["state"] == "succeeded" for s in summary["steps"].values())
     assert not list(run_dir.glob("raw/man-*"))  # no man page was read
     assert set(summary["adapt"]["modules"]) == {"code_pkg", "code_given"}

@@ -173,11 +173,15 @@ def test_gate_refuses_unless_a_passed_record_for_that_curate_version(tmp_path):
 
 def test_every_consumer_of_curated_data_reads_the_contracts_step():
     for step in steps.STEPS:
-        if "curate" in step.inputs:
-            assert step.name == "contracts" or "contracts" in step.inputs, step.name
-    assert [s.name for s in steps.plan(["publish"])] == ["curate", "contracts", "pretrain", "adapt", "baseline",
-                                                          "tune", "publish"]
-    assert [s.name for s in steps.plan(["pretrain"])] == ["curate", "contracts", "pretrain"]
+        if "curate" in step.inputs:  # the checks of curated data (contracts, the drift profile and gate) excepted
+            assert step.name in ("contracts", "profile", "drift") or "contracts" in step.inputs, step.name
+    assert [s.name for s in steps.plan(["publish"])] == ["curate", "contracts", "profile", "drift", "pretrain",
+                                                          "adapt", "baseline", "tune", "publish"]
+    assert [s.name for s in steps.plan(["pretrain"])] == ["curate", "contracts", "profile", "drift", "pretrain"]
+    # the drift gate is planned before every consumer of curated data, but its version is none of theirs
+    for step in steps.STEPS:
+        if "contracts" in step.inputs:
+            assert step.gates == ("drift",) and "drift" not in step.inputs, step.name
 
 
 def test_every_step_has_a_deployment_a_cli_command_and_an_entry_function():

@@ -84,8 +84,9 @@ def test_figure_data_of_the_other_sections(good_run):
     facts = _facts(good_run)
     # timeline: every DAG step, the three copied ones reused, the rest ran with this run's seconds
     states = {r["step"]: r["state"] for r in facts["timeline"]}
-    assert states == {"curate": "reused", "contracts": "reused", "pretrain": "reused", "adapt": "ran",
-                      "baseline": "ran", "shift": "ran", "tune": "ran", "publish": "ran"}
+    assert states == {"curate": "reused", "contracts": "reused", "profile": "ran", "drift": "ran",
+                      "pretrain": "reused", "adapt": "ran", "baseline": "ran", "shift": "ran", "tune": "ran",
+                      "publish": "ran"}
     assert all(r["seconds"] == summary["steps"][r["step"]]["seconds"] for r in facts["timeline"] if r["state"] == "ran")
     # pretraining: the loss curve is metrics.json's
     pm = json.loads(Path(summary["pretrain"]["metrics"]).read_text())
@@ -159,7 +160,7 @@ def test_failed_report_starts_with_what_failed(failed_run):
     for section in ("Pretraining", "Modules per task", "Tune", "Registry"):
         assert re.search(f"<summary>{section}<span class='sub'>not computed: the run stopped at contracts", html)
     facts = _facts(failed_run)
-    assert [r["state"] for r in facts["timeline"]] == ["reused", "failed"] + ["not run"] * 6
+    assert [r["state"] for r in facts["timeline"]] == ["reused", "failed"] + ["not run"] * 8
     assert facts["contracts"]["success"] is False and facts["headline"]["promoted"] == []
     failed = [(d["asset"], f["severity"], f["column"]) for d in facts["contracts"]["datasets"] for f in d["failed"]]
     assert ("curated_docs", "error", "n_tokens") in failed
