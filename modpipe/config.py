@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from modpipe.config_adapt import (  # noqa: F401 - re-exported: every section is importable from modpipe.config
     AdaptConfig, BottleneckConfig, FreezeConfig, IA3Config, LoraConfig, ModuleMethod, PrefixConfig, TransferConfig,
@@ -192,6 +192,11 @@ class PretrainConfig(_Section):
     deepspeed_config: str = unversioned(str(REPO_ROOT / "infra" / "deepspeed" / "zero2.json"))
     """DeepSpeed JSON (its content, not its path, is part of the step's version); batch sizes, lr, schedule length, stage and bf16 are filled in from this section.
     A relative path is read from the current directory, else from the repository root (``infra/deepspeed/zero3.json``)."""
+    init_from: str | None = unversioned(None)
+    """Continued pretraining: a local Hugging Face checkpoint dir (config.json, ``*.safetensors``, tokenizer.json) to
+    start from instead of fresh weights (``pretrain.init_from``). Its config.json is the architecture (the ``model``
+    section follows it; an explicit field that differs is refused) and curate encodes the corpus with its tokenizer
+    (none is trained). Its content digests, not its path, are part of curate's and pretrain's versions."""
     activation_checkpointing: bool = unversioned(False)
     """Recompute each decoder block's activations in the backward pass instead of keeping them (transformers'
     ``gradient_checkpointing_enable``, non-reentrant): about a third more compute for far less activation memory.
@@ -428,6 +433,21 @@ class PipelineConfig(_Section):
         """Canonical JSON of some sections, for fingerprints."""
         dump = self.model_dump(mode="json")
         return json.dumps({n: dump[n] for n in names}, sort_keys=True, separators=(",", ":"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_from_init_from(cls, data: Any) -> Any:
+        """With ``pretrain.init_from`` the ``model`` section is the checkpoint's architecture
+        (``modpipe.pretrain.init_from.model_section`` checks the dir and refuses explicit fields that differ)."""
+        pretrain = data.get("pretrain") if isinstance(data, dict) else None
+        init_from = pretrain.get("init_from") if isinstance(pretrain, dict) else getattr(pretrain, "init_from", None)
+        if not init_from:
+            return data
+        from modpipe.pretrain.init_from import model_section
+
+        model = data.get("model") or {}
+        explicit = model.model_dump(exclude_unset=True) if isinstance(model, ModelConfig) else dict(model)
+        return {**data, "model": model_section(init_from, explicit)}
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

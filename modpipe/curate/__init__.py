@@ -17,7 +17,8 @@ passes, top to bottom:
 5. filter      per shard on Ray Data: the step chain (``base.Step``: dedup verdicts, decontamination against the
                tasks' val/test splits, quality filters, PII scrubbing of the kept docs) -> docs/ + quarantine part
                + per-step stats (``passes.filter_shard``).
-6. tokenizer   byte-level BPE trained once on the kept docs, shard by shard -> tokenizer/tokenizer.json.
+6. tokenizer   byte-level BPE trained once on the kept docs, shard by shard -> tokenizer/tokenizer.json; with
+               ``pretrain.init_from`` the checkpoint's tokenizer.json instead (its digest is in ``source_digest``).
 7. encode      per shard on Ray Data: ``encode_batch`` + EOS packing -> shards/ (``passes.encode_shard``).
 8. assemble    manifest.json, quarantine/quarantine.jsonl, stats.json (``assemble``).
 
@@ -76,6 +77,10 @@ def source_digest(cfg: PipelineConfig) -> dict[str, str]:
         out["pydocs"] = Path(harvest_pydocs(cfg)["raw_dir"]).name
     for spec in (s for s in cfg.tasks.specs if s.source == "files"):  # each task file's bytes
         out[f"task:{spec.name}"] = Path(ingest_task(cfg, spec)["raw_dir"]).name
+    if cfg.pretrain.init_from:  # the corpus is encoded with the checkpoint's tokenizer: its files' digest
+        from modpipe.pretrain.init_from import tokenizer_digest
+
+        out["tokenizer_from"] = tokenizer_digest(cfg.pretrain.init_from)
     return out
 
 
@@ -152,11 +157,20 @@ def _chain(c, task_list: list, dups: dict[str, str], near: dict[str, str]) -> li
             PiiScrub.from_config(c.pii)]
 
 
-def _tokenizer(w: Work, c) -> str:
-    """The BPE tokenizer's JSON, trained on the kept docs, shard by shard, unless an earlier attempt saved it."""
+def _tokenizer(w: Work, c, init_from: str | None = None) -> str:
+    """The BPE tokenizer's JSON, trained on the kept docs, shard by shard, unless an earlier attempt saved it; with
+    ``pretrain.init_from`` (``init_from``) the checkpoint's tokenizer.json, as it is (continued pretraining reads
+    the corpus in the checkpoint's ids)."""
     from modpipe.curate.passes import atomic_write
     from modpipe.curate.tokenize import train_tokenizer
 
+    if init_from and not w.tokenizer.is_file():
+        from modpipe.pretrain.init_from import check_dir, read_tokenizer
+
+        tok = read_tokenizer(init_from)  # checks modpipe's special tokens
+        text = (check_dir(init_from) / "tokenizer.json").read_text(encoding="utf-8")
+        atomic_write(w.tokenizer, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        log.info("curate: tokenizer (%d tokens) from %s", tok.get_vocab_size(), init_from)
     if not w.tokenizer.is_file():
         t = time.perf_counter()
         n_kept = sum(json.loads(m.read_text())["kept"] for m in w.filtered)
@@ -200,7 +214,7 @@ def run(cfg: PipelineConfig, ctx: StepContext) -> dict[str, Any]:
         chain = _chain(c, task_list, *(_dedup_verdicts(w.normalized, minhash) if todo else ({}, {})))
         passes.filter_pass(w, c, todo, chain)
     with w.timed("tokenizer"):  # 6. tokenizer, trained once on the kept docs
-        tokenizer_json = _tokenizer(w, c)
+        tokenizer_json = _tokenizer(w, c, cfg.pretrain.init_from)
     with w.timed("encode"):  # 7. encode + pack, per shard
         passes.encode_pass(w, c, tokenizer_json)
 

@@ -77,8 +77,10 @@ def compute_backbone_fingerprint(backbone_dir: str | Path) -> dict:
             "tokenizer": {k: v for k, v in files.items() if k.startswith(("tokenizer", "special_tokens", "added"))}}
 
 
-def write_backbone_fingerprint(backbone_dir: str | Path) -> str:
-    record = compute_backbone_fingerprint(backbone_dir)
+def write_backbone_fingerprint(backbone_dir: str | Path, lineage: dict | None = None) -> str:
+    """Write ``fingerprint.json``; ``lineage``: where the backbone came from (pretrain's ``init_from``: the path and
+    digest of the checkpoint it continued), recorded beside the digests, not part of the fingerprint."""
+    record = {**compute_backbone_fingerprint(backbone_dir), **(lineage or {})}
     (Path(backbone_dir) / FINGERPRINT_FILE).write_text(json.dumps(record, indent=2))
     return record["fingerprint"]
 

@@ -33,6 +33,7 @@ from modpipe.config import PipelineConfig
 from modpipe.lineage import sha256_file
 from modpipe.models.fingerprint import read_backbone_fingerprint, write_backbone_fingerprint
 from modpipe.pretrain.ds_config import load_ds_config
+from modpipe.pretrain.init_from import checkpoint_digest
 from modpipe.pretrain.loop import HF_DIR, STATE_FILE, train_loop_per_worker
 
 log = logging.getLogger("modpipe.pretrain")
@@ -45,8 +46,34 @@ class PretrainError(RuntimeError):
 
 
 def deepspeed_digest(cfg: PipelineConfig) -> dict:
-    """The DeepSpeed JSON's content (part of the pretrain step's version; the file's path is not)."""
-    return load_ds_config(cfg.pretrain.deepspeed_config)
+    """The pretrain step's external inputs, part of its version: the DeepSpeed JSON's content (the file's path is
+    not) and, with ``pretrain.init_from``, the checkpoint's content digest (``init_from.checkpoint_digest``)."""
+    ds = load_ds_config(cfg.pretrain.deepspeed_config)
+    if not cfg.pretrain.init_from:
+        return ds  # unchanged for runs that start from fresh weights (their versions stay)
+    return {"deepspeed": ds, "init_from": checkpoint_digest(cfg.pretrain.init_from)}
+
+
+def _check_init_from(cfg: PipelineConfig, tokenizer: Path, vocab_size: int) -> dict | None:
+    """With ``pretrain.init_from``: check the checkpoint against the config and curate's output before Ray starts
+    (its architecture is the model section, its tokenizer is curate's, its weights fit); its lineage record
+    (``{"path", "digest"}``) or ``None``."""
+    from tokenizers import Tokenizer
+
+    from modpipe.pretrain import init_from as ckpt
+
+    if not cfg.pretrain.init_from:
+        return None
+    root = ckpt.check_dir(cfg.pretrain.init_from)
+    model = ckpt.model_section(root, {})
+    if model != cfg.model.model_dump():
+        raise ckpt.InitFromError(f"pretrain.init_from {root}: its architecture {model} is not the model section "
+                                 f"{cfg.model.model_dump()} (load the config with load_config)")
+    if ckpt.read_tokenizer(root).get_vocab(True) != Tokenizer.from_file(str(tokenizer)).get_vocab(True):
+        raise ckpt.InitFromError(f"pretrain.init_from {root}: its tokenizer is not curate's {tokenizer} (curate "
+                                 f"must run with the same pretrain.init_from)")
+    ckpt.check_weights(root, cfg.model, vocab_size)
+    return {"path": str(root), "digest": ckpt.checkpoint_digest(root)}
 
 
 def _outputs(path: Path) -> dict[str, Any]:
@@ -143,24 +170,29 @@ def train(cfg: PipelineConfig, curate_out: dict, out: Path, work: Path) -> dict[
     p = cfg.pretrain
     ds_base = load_ds_config(p.deepspeed_config)
     manifest, shards, tokenizer, vocab_size = _read_inputs(curate_out, p.num_workers)
+    init_from = _check_init_from(cfg, tokenizer, vocab_size)
     train_entries, held = split_heldout(manifest)
     train_shards, heldout_shard = shards[:len(train_entries)], (shards[-1] if held else None)
     ensure_ray(cfg.ray)
     job = {
         "model": cfg.model, "pretrain": p, "seed": cfg.seed, "ds_config": ds_base, "shards": train_shards,
         "heldout_shard": heldout_shard, "seq_len": manifest["seq_len"], "vocab_size": vocab_size,
-        "tokenizer": str(tokenizer),
+        "tokenizer": str(tokenizer), "init_from": init_from["path"] if init_from else None,
     }
     log.info("pretrain: %d steps on %d rows of %d shard(s), held out: %s, %d %s workers, ZeRO-%d", p.steps,
              sum(s["rows"] for s in train_entries), len(train_entries), held["path"] if held else "nothing",
              p.num_workers, "GPU" if p.use_gpu else "CPU", p.zero_stage)
+    if init_from:
+        log.info("pretrain: starting from %s (digest %s)", init_from["path"], init_from["digest"][:12])
     result = _fit(cfg, job, Path(work) / "ray", name="backbone")
-    _export(cfg, result, Path(out), vocab_size, held)
+    _export(cfg, result, Path(out), vocab_size, held, init_from)
     return _outputs(Path(out))
 
 
-def _export(cfg: PipelineConfig, result, tmp: Path, vocab_size: int, held: dict | None = None) -> None:
-    """The final checkpoint's HF export, its fingerprint and the run's metrics, into ``tmp``."""
+def _export(cfg: PipelineConfig, result, tmp: Path, vocab_size: int, held: dict | None = None,
+            init_from: dict | None = None) -> None:
+    """The final checkpoint's HF export, its fingerprint (with ``init_from``: the checkpoint it started from) and
+    the run's metrics, into ``tmp``."""
     p = cfg.pretrain
     with result.checkpoint.as_directory() as ckpt:
         hf = Path(ckpt, HF_DIR)
@@ -168,7 +200,7 @@ def _export(cfg: PipelineConfig, result, tmp: Path, vocab_size: int, held: dict 
             raise PretrainError(f"final checkpoint {result.checkpoint.path} has no {HF_DIR}/ export")
         shutil.copytree(hf, tmp, dirs_exist_ok=True)
         state = json.loads(Path(ckpt, STATE_FILE).read_text())
-    backbone_fp = write_backbone_fingerprint(tmp)
+    backbone_fp = write_backbone_fingerprint(tmp, lineage={"init_from": init_from} if init_from else None)
     eval_curve = state.get("eval_curve") or []  # .get: a run checkpointed before held-out evaluation existed
     metrics = {
         "final_loss": state["final_loss"],
@@ -196,6 +228,7 @@ def _export(cfg: PipelineConfig, result, tmp: Path, vocab_size: int, held: dict 
         "resumed_from_step": state["resumed_from"],
         "vocab_size": vocab_size,
         "backbone_fingerprint": backbone_fp,
+        "init_from": init_from,
         "loss_curve": state["loss_curve"],
         "heldout": ({"path": held["path"], "sha256": held["sha256"], "rows": held["rows"],
                      "rows_scored": state.get("heldout_rows_scored")} if held else None),

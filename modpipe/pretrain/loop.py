@@ -165,6 +165,11 @@ def _model_engine(w: _Worker, stream) -> _Engine:
 
     job, pcfg, model_cfg, seq_len = w.job, w.pcfg, w.job["model"], w.job["seq_len"]
     model = build_causal_lm(model_cfg, job["vocab_size"], seed=job["seed"])
+    if job.get("init_from"):  # continued pretraining: the checkpoint's weights (safetensors; checked by the driver)
+        from modpipe.pretrain.init_from import load_weights
+
+        load_weights(model, job["init_from"])
+        w.log.info("model: weights from %s", job["init_from"])
     model.config.use_cache = False  # no KV cache while training
     model.set_attn_implementation(pcfg.attn_implementation)  # sdpa (transformers' default) or eager
     if pcfg.activation_checkpointing:  # keep only each block's input; recompute its activations in backward
