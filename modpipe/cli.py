@@ -183,6 +183,10 @@ def _print_run_table(result: dict) -> None:
     dd = (result.get("contracts") or {}).get("data_docs")
     if dd:
         console.print(f"Data Docs: {dd}", highlight=False)
+    drift = result.get("drift") or {}
+    if drift.get("status"):
+        console.print(f"drift: {drift['status']}, {drift.get('warnings', 0)} warning(s): {drift.get('report')}",
+                      highlight=False)
     if report:
         latest = run_dir_of(report) / "report.html"
         console.print(f"[bold]report:[/bold] {latest if latest.is_file() else report}"

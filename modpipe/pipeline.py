@@ -50,7 +50,11 @@ def run(cfg: PipelineConfig, targets: list[str], *, run_id: str | None = None, f
         raise err
     from modpipe.drift import remember
 
-    remember(cfg, results, run_id)  # a succeeded run's profile is the next run's drift reference
+    try:
+        remember(cfg, results, run_id)  # a succeeded run's profile is the next run's drift reference
+    except Exception as err:  # noqa: BLE001 - the run succeeded; the next run compares with the older reference
+        log.warning("drift: this run's profile could not be recorded as the reference: %s: %s",
+                    type(err).__name__, err)
     return write_summary(cfg, run_id, targets, results, t0)
 
 

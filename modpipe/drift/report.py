@@ -38,7 +38,7 @@ def _histogram(title: str, cur: dict[str, Any], ref: dict[str, Any]) -> str:
     c, r = bin_shares(cur["values"], edges), bin_shares(ref["values"], edges)
     labels = [f"<= {edges[0]:g}"] + [f"{a:g} - {b:g}" for a, b in zip(edges, edges[1:])] + [f"> {edges[-1]:g}"] \
         if edges else ["all"]
-    rows = "".join(f"<tr><td>{lab}</td><td>{rv:.3f} <span class='bar ref' style='width:{rv * 20:.2f}em'></span></td>"
+    rows = "".join(f"<tr><td>{html.escape(lab)}</td><td>{rv:.3f} <span class='bar ref' style='width:{rv * 20:.2f}em'></span></td>"
                    f"<td>{cv:.3f} <span class='bar cur' style='width:{cv * 20:.2f}em'></span></td></tr>"
                    for lab, rv, cv in zip(labels, r, c))
     return (f"<h3>{html.escape(title)}</h3><table><tr><th>bin</th><th>reference share</th><th>current share</th>"

@@ -95,6 +95,10 @@ def test_drift_config_checks_its_thresholds():
         load_config(None, ["drift.task_change=loud"])
     with pytest.raises(ConfigError, match="name"):
         load_config(None, ["name=Has Spaces"])
+    from modpipe.drift import _compare
+
+    status, message, checks, ref = _compare(load_config(None, ["drift.enabled=false"]), {})
+    assert (status, checks, ref) == ("disabled", [], None) and "drift.enabled: false" in message
 
 
 # --- real runs --------------------------------------------------------------------------------------------------
@@ -179,7 +183,8 @@ def test_changed_data_fails_the_gate_for_consumers_until_accepted(first_runs):
     old, new = before.profile["tasks"]["topic"]["label_shares"], json.loads(
         Path(record["profile"]).read_text())["tasks"]["topic"]["label_shares"]
     assert label["value"] == pytest.approx(abs(new["net"] - old["net"]), abs=1e-6) and label["severity"] == "error"
-    assert (failed / "drift.html").is_file() and not (run_dir / "baseline").exists()
+    page = (failed / "drift.html").read_text()
+    assert "label_share" in page and "net: 0." in page and "&lt;= " in page and not (run_dir / "baseline").exists()
     with pytest.raises(StepFailed, match="DriftError"):  # the next attempt is refused with the reason
         pipeline.run(cfg, ["pretrain"])
     assert not (run_dir / "pretrain").exists()
@@ -211,3 +216,10 @@ def test_changed_data_fails_the_gate_for_consumers_until_accepted(first_runs):
     step = cli.invoke(app, ["drift", *[x for o in changed for x in ("--set", o)]])  # `modpipe drift`: the step
     assert step.exit_code == 0, step.output
     assert json.loads(step.stdout)["status"] == "ok" and json.loads(step.stdout)["step"]["skipped"]
+
+    # a reference whose stored profile was changed after it was recorded is refused, not compared with
+    stored = next(p for p in (run_dir / "registry" / "artifacts").rglob("profile.json")
+                  if reference.sha256_file(p) == reference.load(cfg).sha256)
+    stored.write_text(stored.read_text().replace('"schema":1', '"schema":1 '))
+    with pytest.raises(reference.ReferenceError_, match="differs from the recorded"):
+        reference.load(cfg)
