@@ -15,7 +15,8 @@ curate_out, out, work)`` is the same without the contract gate, for callers that
   one shard nothing is held out (``metrics.json``'s ``heldout_note`` says so).
 
 The step's version (``modpipe/steps.py``) hashes the model section, the versioned pretrain fields, the DeepSpeed
-JSON's content, the seed and curate's version. Ray Train's run lives in the step's work dir
+JSON's content, the seed, curate's version and, with ``pretrain.init_from`` (continued pretraining from a local HF
+checkpoint, ``init_from.py``), the checkpoint's content digest. Ray Train's run lives in the step's work dir
 (``<run_dir>/pretrain/.work-pretrain-<version>/ray/backbone``), so rerunning after a crash resumes from the latest
 checkpoint (each rank's data stream, ``data.ShardStream``, resumes from the read position stored in it).
 Multi-node: shards, tokenizer and ``run_dir`` must be on storage every node sees.
