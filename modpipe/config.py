@@ -289,8 +289,11 @@ class PublishConfig(_Section):
     experiment: str = "modpipe-publish"
     """MLflow experiment that holds one run per published module."""
     metric: str = "test_macro_f1"
-    """Measured test metric (``test_accuracy``, ``test_macro_f1``, ``test_auroc_ovr``, ``test_ece``) the policy
-    judges every task by, unless ``task_metrics`` names the task."""
+    """Measured test metric (classification: ``test_accuracy``, ``test_macro_f1``, ``test_auroc_ovr``,
+    ``test_ece``; multilabel: ``test_accuracy``, ``test_micro_f1``, ``test_macro_f1``, ``test_map``; regression:
+    ``test_rmse``, ``test_mae``, ``test_spearman``) the policy judges every task by, unless ``task_metrics`` names
+    the task; a task whose problem does not measure it is judged by its problem's gate metric (macro-F1;
+    regression: Spearman)."""
     direction: Literal["higher", "lower"] = "higher"
     """Which way ``metric`` is better."""
     min_metric: float = 0.2
@@ -388,10 +391,19 @@ class PublishConfig(_Section):
             raise ValueError(f"must differ from publish.alias (both {v!r})")
         return v
 
-    def rule(self, task: str) -> TaskMetric:
-        """The metric rule of ``task``."""
-        return self.task_metrics.get(task) or TaskMetric(metric=self.metric, direction=self.direction,
-                                                        threshold=self.min_metric)
+    def rule(self, task: str, problem: str = "classification") -> TaskMetric:
+        """The metric rule of ``task``: its ``task_metrics`` entry; else ``metric`` / ``direction`` /
+        ``min_metric`` where the task's problem measures ``metric``; else the problem's own gate metric
+        (``evaluate.problems``: regression is judged by Spearman's rank correlation, higher is better, against
+        ``min_metric``: a bar that means the same whatever the target's units)."""
+        from modpipe.evaluate.problems import get
+
+        if task in self.task_metrics:
+            return self.task_metrics[task]
+        p = get(problem)
+        if self.metric.removeprefix("test_") in p.metrics:
+            return TaskMetric(metric=self.metric, direction=self.direction, threshold=self.min_metric)
+        return TaskMetric(metric=f"test_{p.gate_metric}", direction="higher", threshold=self.min_metric)
 
 
 class RayConfig(_Section):

@@ -28,14 +28,20 @@ class TaskSpec(_Section):
     """files: the user's labelled examples at ``path``; man_section: English page -> its section; man_language:
     translated page -> its language folder; py_package: stdlib docstring -> its top-level package (always from the
     stdlib docstrings, a second source of text beside the manual pages).  ``kind`` is accepted as its old name."""
-    problem: Literal["classification"] = "classification"
-    """What is predicted: one label per example (multilabel and regression are not supported yet)."""
+    problem: Literal["classification", "multilabel", "regression"] = "classification"
+    """What is predicted (``evaluate.problems``): classification, one label per example; multilabel, a set of
+    labels per example (the label column holds a list, or a string split on ``label_separator``); regression, a
+    number per example.  Built-in sources are classification tasks."""
     path: str | None = None
     """``source: files``: a file or folder (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``, ``.parquet``, ``.csv``),
     local or an fsspec URL.  Relative local paths are relative to the working directory."""
     text_field: str = "text"
     label_field: str = "label"
-    """The label column: a string or an integer (stored as its text)."""
+    """The label column: classification, a string or an integer (stored as its text); multilabel, a list of
+    them (empty: no label applies); regression, a finite number (or its text, as a CSV holds it)."""
+    label_separator: str | None = None
+    """Multilabel: split a label column that holds one string on this (e.g. ``"|"`` for a CSV); None: the
+    column must hold a list."""
     id_field: str | None = "id"
     """Example ids (a string or an integer); absent: a stable id from the file's name and line."""
     split_field: str | None = None
@@ -67,6 +73,10 @@ class TaskSpec(_Section):
         for field in ("text_field", "label_field"):
             if not getattr(self, field).strip():
                 raise ValueError(f"task {self.name!r}: {field} is blank")
+        if self.source != "files" and self.problem != "classification":
+            raise ValueError(f"task {self.name!r}: the built-in source {self.source} is a classification task")
+        if self.label_separator is not None and (self.problem != "multilabel" or not self.label_separator):
+            raise ValueError(f"task {self.name!r}: label_separator is for multilabel tasks and must not be empty")
         if self.slice_fields and self.source != "files":
             raise ValueError(f"task {self.name!r}: slice_fields are columns of a task file (source 'files')")
         bad = [f for f in self.slice_fields if not _SLICE_FIELD.fullmatch(f) or f in ("id", "length")

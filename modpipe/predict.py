@@ -76,7 +76,10 @@ class _Predictor:
         m = self.loaded
         probs = m.predict_proba(list(batch["text"]), self.batch_size)  # (B, K)
         n = len(batch["id"])
-        return {"id": batch["id"], "label": np.array([m.labels[int(i)] for i in probs.argmax(-1)], dtype=object),
+        # the label as text: a class; a multilabel set joined by "|"; a regression value
+        labels = ["|".join(x) if isinstance(x, list) else x if isinstance(x, str) else f"{x:.6g}"
+                  for x in m.decide(probs)]
+        return {"id": batch["id"], "label": np.array(labels, dtype=object),
                 "probabilities": [row.astype("float32") for row in probs],
                 "labels": [list(m.labels)] * n, "model": np.array([m.name] * n, dtype=object),
                 "version": np.array([m.version] * n, dtype=object),

@@ -318,7 +318,7 @@ def train_callback(bar: Task, counter: str, fields: tuple[str, ...] = ()):
 
 class _TuneTrials:
     """Ray Tune ``Callback`` mixin: ``bar`` counts the trials that finished (completed, stopped or failed), with
-    the best ``metric`` reported so far (mode max)."""
+    the best ``metric`` reported so far (the highest; the lowest for RMSE, MAE, ECE)."""
 
     FINISHED = ("TERMINATED", "ERROR")
 
@@ -335,7 +335,10 @@ class _TuneTrials:
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         value = result.get(self.metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
-            self.best = value if self.best is None else max(self.best, value)
+            from modpipe.evaluate.problems import higher_is_better
+
+            pick = max if higher_is_better(self.metric) else min
+            self.best = value if self.best is None else pick(self.best, value)
         self._show(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:

@@ -1,7 +1,9 @@
-"""Task datasets as curate writes them: ``<tasks_dir>/<task>/{train,val,test}.parquet`` + ``labels.json``.
+"""Task datasets as curate writes them: ``<tasks_dir>/<task>/{train,val,test}.parquet`` + ``labels.json`` +
+``problem.json`` (``evaluate.problems``; absent: classification).
 
-Rows whose text is empty or whose ``label_id`` is not an index into ``labels.json`` are dropped with a reason
-(the driver writes them to the stage's quarantine); a task missing a file or a column is rejected as a whole.
+Rows whose text is empty or whose target is unusable (a ``label_id`` or a ``label_ids`` entry that is not an index
+into ``labels.json``, a ``target`` that is not a finite number) are dropped with a reason (the driver writes them
+to the stage's quarantine); a task missing a file or a column is rejected as a whole.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from modpipe.lineage import sha256_file
 
 SPLITS = ("train", "val", "test")
-COLUMNS = ("id", "text", "label_id")
+COLUMNS = ("id", "text")
 LABELS_FILE = "labels.json"
 
 
@@ -25,11 +27,17 @@ class TaskDataError(ValueError):
 class Split:
     ids: list[str]
     texts: list[str]
-    label_ids: list[int]
+    targets: list
+    """Per row: a class id (classification), a list of label ids (multilabel) or a float (regression)."""
     rejects: list[dict] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def label_ids(self) -> list:
+        """The targets (the name classification code reads them by)."""
+        return self.targets
 
 
 def list_tasks(tasks_dir: str | Path) -> list[str]:
@@ -45,7 +53,8 @@ def list_tasks(tasks_dir: str | Path) -> list[str]:
                   and ((p / LABELS_FILE).is_file() or (p / "train.parquet").is_file()))
 
 
-def read_labels(task_dir: str | Path) -> list[str]:
+def read_labels(task_dir: str | Path, problem: str = "classification") -> list[str]:
+    """The task's outputs: >= 2 label names, or (regression) the one target name."""
     path = Path(task_dir) / LABELS_FILE
     if not path.is_file():
         raise TaskDataError(f"{path}: missing")
@@ -53,15 +62,35 @@ def read_labels(task_dir: str | Path) -> list[str]:
         labels = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise TaskDataError(f"{path}: not JSON ({err})") from None
-    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
-        raise TaskDataError(f"{path}: expected a list of >= 2 label names")
+    need = 1 if problem == "regression" else 2
+    if not isinstance(labels, list) or len(labels) < need or not all(isinstance(x, str) for x in labels) \
+            or (problem == "regression" and len(labels) != 1):
+        raise TaskDataError(f"{path}: expected a list of " + ("one target name" if need == 1 else
+                                                              ">= 2 label names"))
     return labels
 
 
-def read_split(task_dir: str | Path, split: str, num_labels: int) -> Split:
+def _target_problem(value, column: str, num_labels: int) -> str | None:
+    """Why a row's target is unusable (None: usable)."""
+    import math
+
+    if column == "label_id":
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < num_labels
+        return None if ok else "label_id_out_of_range"
+    if column == "label_ids":
+        ok = isinstance(value, list) and all(isinstance(i, int) and 0 <= i < num_labels for i in value)
+        return None if ok else "label_ids_out_of_range"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return None if ok else "target_not_finite"
+
+
+def read_split(task_dir: str | Path, split: str, num_labels: int, problem: str = "classification") -> Split:
     """One split's usable rows (file order) and the rows dropped, each with a reason."""
     import pyarrow.parquet as pq
 
+    from modpipe.evaluate.problems import get
+
+    column = get(problem).target_column
     path = Path(task_dir) / f"{split}.parquet"
     if not path.is_file():
         raise TaskDataError(f"{path}: missing")
@@ -69,23 +98,21 @@ def read_split(task_dir: str | Path, split: str, num_labels: int) -> Split:
         table = pq.read_table(path)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same problem for us
         raise TaskDataError(f"{path}: unreadable parquet ({type(err).__name__}: {err})") from None
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    missing = [c for c in (*COLUMNS, column) if c not in table.column_names]
     if missing:
-        raise TaskDataError(f"{path}: missing column(s) {', '.join(missing)}")
+        raise TaskDataError(f"{path}: missing column(s) {', '.join(missing)} (a {problem} task)")
     out = Split([], [], [])
-    cols = {c: table.column(c).to_pylist() for c in COLUMNS}
-    for line, (rid, text, label_id) in enumerate(zip(cols["id"], cols["text"], cols["label_id"])):
-        if not isinstance(text, str) or not text.strip():
-            reason = "empty_text"
-        elif not isinstance(label_id, int) or not 0 <= label_id < num_labels:
-            reason = "label_id_out_of_range"
-        else:
+    cols = {c: table.column(c).to_pylist() for c in (*COLUMNS, column)}
+    for line, (rid, text, target) in enumerate(zip(cols["id"], cols["text"], cols[column])):
+        reason = "empty_text" if not isinstance(text, str) or not text.strip() else \
+            _target_problem(target, column, num_labels)
+        if reason is None:
             out.ids.append(str(rid))
             out.texts.append(text)
-            out.label_ids.append(label_id)
+            out.targets.append(target)
             continue
         out.rejects.append({"source": str(path), "line": line, "reason": reason,
-                            "detail": f"id={rid!r} label_id={label_id!r}"})
+                            "detail": f"id={rid!r} {column}={target!r}"})
     return out
 
 
@@ -96,7 +123,13 @@ class Task:
     labels: list[str]
     splits: dict[str, Split]
     digests: dict[str, str]
-    """sha256 of each split's parquet file and of labels.json."""
+    """sha256 of each split's parquet file, of labels.json and (where there is one) of problem.json."""
+    info: dict = field(default_factory=lambda: {"problem": "classification"})
+    """``problem.json`` (``evaluate.problems.read_problem``)."""
+
+    @property
+    def problem(self) -> str:
+        return self.info["problem"]
 
     @property
     def rejects(self) -> list[dict]:
@@ -112,14 +145,22 @@ def load_task(tasks_dir: str | Path, name: str) -> Task:
     root = Path(tasks_dir) / name
     if not root.is_dir():
         raise TaskDataError(f"{root}: no such task folder")
-    labels = read_labels(root)
-    splits = {s: read_split(root, s, len(labels)) for s in SPLITS}
+    from modpipe.evaluate.problems import PROBLEM_FILE, read_problem
+
+    try:
+        info = read_problem(root)
+    except ValueError as err:
+        raise TaskDataError(str(err)) from None
+    labels = read_labels(root, info["problem"])
+    splits = {s: read_split(root, s, len(labels), info["problem"]) for s in SPLITS}
     for s in SPLITS:
         if len(splits[s]) == 0:
             raise TaskDataError(f"{root / (s + '.parquet')}: no usable rows")
     digests = {s: sha256_file(root / f"{s}.parquet") for s in SPLITS}
     digests["labels"] = sha256_file(root / LABELS_FILE)
-    return Task(name, root, labels, splits, digests)
+    if (root / PROBLEM_FILE).is_file():
+        digests["problem"] = sha256_file(root / PROBLEM_FILE)
+    return Task(name, root, labels, splits, digests, info)
 
 
 def stratified_subset(split: Split, fraction: float, seed: int) -> Split:
@@ -135,9 +176,11 @@ def stratified_subset(split: Split, fraction: float, seed: int) -> Split:
         raise ValueError(f"train fraction must be in (0, 1], got {fraction}")
     rng = np.random.default_rng([seed, 7919])
     keep: list[int] = []
-    for label in sorted(set(split.label_ids)):
-        rows = [i for i, y in enumerate(split.label_ids) if y == label]
+    # strata: the class id; a label set as a tuple; a regression target is one stratum (no classes to keep)
+    strata = [y if isinstance(y, int) else tuple(y) if isinstance(y, list) else 0 for y in split.targets]
+    for label in sorted(set(strata)):
+        rows = [i for i, y in enumerate(strata) if y == label]
         take = max(1, math.ceil(fraction * len(rows)))
         keep += [rows[j] for j in rng.permutation(len(rows))[:take]]
     keep.sort()
-    return Split([split.ids[i] for i in keep], [split.texts[i] for i in keep], [split.label_ids[i] for i in keep])
+    return Split([split.ids[i] for i in keep], [split.texts[i] for i in keep], [split.targets[i] for i in keep])

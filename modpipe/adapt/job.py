@@ -121,6 +121,11 @@ class AdaptJob(_Frozen):
     seed: int
     grad_profile_every: int = 0
     """Gradient-flow profile interval in optimizer steps (0: off); not a training field (the module is the same)."""
+    problem: str = "classification"
+    """``evaluate.problems``: classification, multilabel or regression (from the task's problem.json)."""
+    target_scale: dict[str, float] | None = None
+    """Regression: the train target's ``target_mean`` and ``target_std`` (the model predicts the standardised
+    target)."""
 
     @model_validator(mode="after")
     def _head_fits_method(self) -> AdaptJob:
@@ -134,7 +139,15 @@ class AdaptJob(_Frozen):
 
     @property
     def num_labels(self) -> int:
+        """The head's outputs: one per label; regression: one."""
         return len(self.labels)
+
+    @property
+    def kind(self):
+        """The task's ``evaluate.problems.Problem``."""
+        from modpipe.evaluate.problems import get
+
+        return get(self.problem)
 
     def spec(self) -> dict[str, Any]:
         """``{"method", "head", "config"}``: what ``modpipe.models.modules`` builds (and module.json records)."""
@@ -142,14 +155,18 @@ class AdaptJob(_Frozen):
 
 
 def make_job(cfg: PipelineConfig, task: Task, backbone: str | Path) -> AdaptJob:
+    from modpipe.evaluate.problems import get, selection
+
     a = cfg.adapt
     kind = a.methods.get(task.name, a.method)
+    scale = {k: float(task.info[k]) for k in ("target_mean", "target_std")} if task.problem == "regression" else None
     return AdaptJob(
         task=task.name, task_dir=str(Path(task.dir).resolve()), backbone=str(Path(backbone).resolve()),
         labels=tuple(task.labels), module=module_config(a, kind), head=a.head, freeze=a.freeze,
         train_fraction=a.train_fraction, lr=a.method_lr.get(kind, a.lr), weight_decay=a.weight_decay,
-        epochs=a.epochs, batch_size=a.batch_size, max_length=a.max_length, select_metric=a.select_metric,
-        seed=cfg.seed, grad_profile_every=a.grad_profile_every,
+        epochs=a.epochs, batch_size=a.batch_size, max_length=a.max_length,
+        select_metric=selection(get(task.problem), a.select_metric), seed=cfg.seed,
+        grad_profile_every=a.grad_profile_every, problem=task.problem, target_scale=scale,
     )
 
 

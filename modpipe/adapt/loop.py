@@ -107,14 +107,15 @@ def make_optimizer(t: Trainable, lr: float, weight_decay: float, layer_lr_decay:
     return torch.optim.AdamW(param_groups(t.model, lr, weight_decay, layer_lr_decay, t.num_layers), lr=lr)
 
 
-def train_step(model, opt, enc: dict, y, step: int, unfreezer=None, on_grads=None):
-    """One optimizer step on a tokenized batch (``enc``: input_ids, attention_mask (B, T); ``y``: (B,)); the
-    blocks progressive unfreezing still locks get no update. ``on_grads(step)`` sees the gradients the optimizer is
-    about to apply (the gradient-flow profile; it must only read them). Returns the loss (detached)."""
-    import torch.nn.functional as F
+def train_step(model, opt, enc: dict, y, step: int, unfreezer=None, on_grads=None, problem=None):
+    """One optimizer step on a tokenized batch (``enc``: input_ids, attention_mask (B, T); ``y``: the problem's
+    ``target_tensor``); the blocks progressive unfreezing still locks get no update. ``on_grads(step)`` sees the
+    gradients the optimizer is about to apply (the gradient-flow profile; it must only read them). ``problem``:
+    an ``evaluate.problems.Problem`` (None: classification). Returns the loss (detached)."""
+    from modpipe.evaluate import problems
 
     logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits  # (B, K)
-    loss = F.cross_entropy(logits.float(), y)
+    loss = problems.loss(problem or problems.CLASSIFICATION, logits, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()  # DDP all-reduces the trainable gradients here
     if unfreezer is not None:
@@ -141,14 +142,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     # ---------------------------------------------------------------- config
     job: AdaptJob = config["job"]
     task, backbone, num_labels = job.task, job.backbone, job.num_labels
-    seed, epochs, batch_size, max_length = job.seed, job.epochs, job.batch_size, job.max_length
+    seed, epochs, batch_size = job.seed, job.epochs, job.batch_size
     started = time.time()
 
     # ---------------------------------------------------------------- setup
-    import numpy as np
     import ray.train
     import ray.train.torch
-    import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
     from transformers import AutoTokenizer
@@ -156,9 +155,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from modpipe.adapt.data import read_split, stratified_subset
     from modpipe.adapt.gradflow import GradProfiler
     from modpipe.adapt.resume import load_optimizer, load_rng
-    from modpipe.evaluate import classification_metrics, peak_memory_mb
+    from modpipe.evaluate import peak_memory_mb
     from modpipe.models.fingerprint import check_backbone_dir
-    from modpipe.models.modules import encode, get_method, load_weights, predict_proba
+    from modpipe.models.modules import get_method, load_weights
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -167,14 +166,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     log = _logger(rank, task)
 
     # ---------------------------------------------------------------- data
-    train = stratified_subset(read_split(job.task_dir, "train", num_labels), job.train_fraction, seed)
-    val = read_split(job.task_dir, "val", num_labels)
+    train = stratified_subset(read_split(job.task_dir, "train", num_labels, job.problem), job.train_fraction, seed)
+    val = read_split(job.task_dir, "val", num_labels, job.problem)
     check_backbone_dir(backbone)  # refuses symlinks before any backbone file is read
     tokenizer = AutoTokenizer.from_pretrained(backbone)  # <pad> = 0
     padding_side = get_method(job.method).padding_side
     steps_per_epoch = -(-len(epoch_order(len(train), world, seed, 0)) // world // batch_size)
-    log.info("data: %d train (fraction %g) / %d val rows, %d labels, %d steps/epoch/rank (batch %d x %d ranks)",
-             len(train), job.train_fraction, len(val), num_labels, steps_per_epoch, batch_size, world)
+    log.info("data: %s task, %d train (fraction %g) / %d val rows, %d outputs, %d steps/epoch/rank (batch %d x %d "
+             "ranks)", job.problem, len(train), job.train_fraction, len(val), num_labels, steps_per_epoch, batch_size,
+             world)
 
     # ---------------------------------------------------------------- model
     policy = job.freeze
@@ -207,35 +207,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                  "" if rng else "; the checkpoint has no RNG state, dropout draws differ from an uninterrupted run")
 
     # ---------------------------------------------------------------- epochs
+    batches = Batches(job, tokenizer, padding_side, device, rank, world, distributed)
     for epoch in range(state["epoch"] + 1, epochs + 1):
-        model.train()
-        mine = epoch_order(len(train), world, seed, epoch)[rank::world]  # this rank's rows
-        loss_sum = torch.zeros((), device=device)
-        n_steps = 0
-        for start in range(0, len(mine), batch_size):
-            idx = mine[start:start + batch_size]
-            enc = encode(tokenizer, [train.texts[i] for i in idx], max_length, padding_side)
-            enc = {k: v.to(device) for k, v in enc.items()}
-            y = torch.tensor([train.label_ids[i] for i in idx], device=device)  # (B,)
-            loss_sum += train_step(model, opt, enc, y, state["step"], t.unfreezer,
-                                   profiler.record if profiler else None)
-            state["step"] += 1
-            n_steps += 1
-        if distributed:
-            dist.all_reduce(loss_sum)
-        train_loss = loss_sum.item() / max(1, n_steps * world)
-
-        # validation: rows rank::world on each rank, probabilities gathered so every rank sees all of them
-        val_idx = list(range(rank, len(val), world))
-        val_probs = predict_proba(core, tokenizer, [val.texts[i] for i in val_idx], max_length, batch_size,
-                                  device, padding_side)
-        if distributed:
-            parts: list = [None] * world
-            dist.all_gather_object(parts, (val_idx, val_probs))
-            by_row = {i: p for idx_part, probs_part in parts for i, p in zip(idx_part, probs_part)}
-            val_probs = np.stack([by_row[i] for i in range(len(val))])
-        metrics = classification_metrics(val.label_ids, val_probs.argmax(-1), prefix="val_", probs=val_probs,
-                                         num_labels=num_labels)
+        train_loss = batches.train_epoch(model, opt, t, train, epoch, state, profiler)
+        metrics = batches.validate(core, val)
         trainable = t.trainable_params(state["step"])
         metrics.update(epoch=epoch, step=state["step"], train_loss=round(train_loss, 5), n_train=len(train),
                        n_val=len(val), trainable_params=trainable, backbone_params=t.backbone_params,
@@ -243,15 +218,77 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                        trained_backbone_weights=len(t.trained_backbone(state["step"])),
                        peak_memory_mb=peak_memory_mb(device), started_at=state["started_at"],
                        reported_at=time.time())
-        log.info("epoch %d/%d | train loss %.4f | val acc %.3f | val macro-F1 %.3f | %d trainable (%.3f%%)",
-                 epoch, epochs, train_loss, metrics["val_accuracy"], metrics["val_macro_f1"], trainable,
-                 100.0 * trainable / t.backbone_params)
+        log.info("epoch %d/%d | train loss %.4f | %s %.3f | %d trainable (%.3f%%)", epoch, epochs, train_loss,
+                 job.select_metric, metrics[job.select_metric], trainable, 100.0 * trainable / t.backbone_params)
         state["epoch"] = epoch
         state["history"].append(metrics)
         if profiler is not None:
             profiler.flush(state)  # the epoch's gradient norms into the run state the checkpoint carries
         _report(core, t, opt, state, metrics, rank, device)
     return {"epochs": state["epoch"], "trainable_params": t.trainable_params(state["step"])}
+
+
+@dataclass
+class Batches:
+    """One rank's view of the task's batches: a training epoch over its rows, a validation pass over its share."""
+
+    job: Any
+    tokenizer: Any
+    padding_side: str
+    device: Any
+    rank: int
+    world: int
+    distributed: bool
+
+    def train_epoch(self, model, opt, t: Trainable, train, epoch: int, state: dict, profiler) -> float:
+        """The epoch's optimizer steps on this rank's rows; the mean train loss over every rank."""
+        import torch
+        import torch.distributed as dist
+
+        from modpipe.evaluate.problems import target_tensor
+        from modpipe.models.modules import encode
+
+        job, problem = self.job, self.job.kind
+        model.train()
+        mine = epoch_order(len(train), self.world, job.seed, epoch)[self.rank::self.world]  # this rank's rows
+        loss_sum = torch.zeros((), device=self.device)
+        n_steps = 0
+        for start in range(0, len(mine), job.batch_size):
+            idx = mine[start:start + job.batch_size]
+            enc = encode(self.tokenizer, [train.texts[i] for i in idx], job.max_length, self.padding_side)
+            enc = {k: v.to(self.device) for k, v in enc.items()}
+            y = target_tensor(problem, [train.targets[i] for i in idx], job.num_labels, job.target_scale,
+                              self.device)
+            loss_sum += train_step(model, opt, enc, y, state["step"], t.unfreezer,
+                                   profiler.record if profiler else None, problem)
+            state["step"] += 1
+            n_steps += 1
+        if self.distributed:
+            dist.all_reduce(loss_sum)
+        return loss_sum.item() / max(1, n_steps * self.world)
+
+    def validate(self, core, val) -> dict[str, Any]:
+        """Val rows rank::world on each rank, scores gathered so every rank sees all of them, then the problem's
+        metrics (multilabel: the decision threshold is chosen here, ``val_threshold``)."""
+        import numpy as np
+        import torch.distributed as dist
+
+        from modpipe.evaluate import problems
+        from modpipe.models.modules import predict_proba
+
+        job, problem = self.job, self.job.kind
+        val_idx = list(range(self.rank, len(val), self.world))
+        scores = predict_proba(core, self.tokenizer, [val.texts[i] for i in val_idx], job.max_length,
+                               job.batch_size, self.device, self.padding_side, problems.activation(problem))
+        if self.distributed:
+            parts: list = [None] * self.world
+            dist.all_gather_object(parts, (val_idx, scores))
+            by_row = {i: p for idx_part, probs_part in parts for i, p in zip(idx_part, probs_part)}
+            scores = np.stack([by_row[i] for i in range(len(val))])
+        values = problems.to_values(problem, scores, job.target_scale)
+        metrics = problems.evaluate(problem, val.targets, values, prefix="val_", labels=job.labels)
+        metrics.pop("val_label_f1", None)  # per-label detail: the test split's, in metrics.json
+        return metrics
 
 
 def _report(core, t: Trainable, opt, state: dict, metrics: dict, rank: int, device) -> None:

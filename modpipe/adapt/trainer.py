@@ -48,15 +48,18 @@ def make_trainer(job: AdaptJob, scaling: Scaling, name: str, storage: str, max_f
     )
 
 
-def best_checkpoint(checkpoints: list, metric: str):
-    """(checkpoint, metrics) of the reported epoch with the highest ``metric`` (ties: the later epoch)."""
-    reported = [(c, m) for c, m in checkpoints if m and metric in m]
+def best_checkpoint(checkpoints: list, metric: str, direction: str = "higher"):
+    """(checkpoint, metrics) of the reported epoch with the best ``metric`` (highest, or lowest with ``direction``
+    ``lower``; ties: the later epoch; an epoch whose metric is not a number never wins)."""
+    sign = 1.0 if direction == "higher" else -1.0
+    reported = [(c, m) for c, m in checkpoints if m and isinstance(m.get(metric), (int, float))
+                and math.isfinite(m[metric])]
     if not reported:
-        raise RuntimeError(f"no reported checkpoint has {metric!r}")
-    return max(reported, key=lambda cm: (cm[1][metric], cm[1].get("epoch", 0)))
+        raise RuntimeError(f"no reported checkpoint has a numeric {metric!r}")
+    return max(reported, key=lambda cm: (sign * cm[1][metric], cm[1].get("epoch", 0)))
 
 
-EPOCH_FIELDS = ("train_loss", "val_macro_f1")
+EPOCH_FIELDS = ("train_loss", "val_macro_f1", "val_rmse")
 """What a task's progress bar shows beside its epochs."""
 
 
@@ -103,9 +106,13 @@ def write_module(job: AdaptJob, run: TrainRun, checkpoints: list, ray_run: str, 
     from modpipe.lineage import StepDir
     from modpipe.models.manifest import backbone_facts, write_manifest
 
-    ckpt, best = best_checkpoint(checkpoints, job.select_metric)
+    from modpipe.evaluate.problems import higher_is_better
+
+    problem = job.kind
+    direction = "higher" if higher_is_better(job.select_metric) else "lower"
+    ckpt, best = best_checkpoint(checkpoints, job.select_metric, direction)
     history = sorted((m for _, m in checkpoints if m), key=lambda m: m.get("epoch", 0))
-    test = read_split(job.task_dir, "test", job.num_labels)
+    test = read_split(job.task_dir, "test", job.num_labels, job.problem)
     step = StepDir(run.module_root, job.task, run.fp)
     with step.building(config=run.config, inputs=run.inputs) as tmp:
         with ckpt.as_directory() as d:
@@ -119,14 +126,18 @@ def write_module(job: AdaptJob, run: TrainRun, checkpoints: list, ray_run: str, 
         write_manifest(tmp, record)  # weights only so far: what load_module verifies below
         metrics = {**_test_through_contract(job, tmp, test), **_train_metrics(job, best, history, seconds,
                                                                                fit_started), "ray_run": ray_run}
+        if best.get("val_threshold") is not None:
+            metrics["decision_threshold"] = best["val_threshold"]
         metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
         metrics.update(from_checkpoints(checkpoints, STATE_FILE))  # the gradient-flow profile, where recorded
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         summary = {k: metrics[k] for k in metrics if (k.startswith(("test_", "val_"))
-                                                      and k not in ("test_confusion", "test_slices")) or k in COST_KEYS}
+                                                      and k not in ("test_confusion", "test_slices", "test_label_f1"))
+                   or k in COST_KEYS}
         write_manifest(tmp, {**record, "metrics": summary})  # now with metrics and every file's sha256
-    log.info("%s: %s: test acc %.3f, macro-F1 %.3f, ECE %.3f (best epoch %d by %s), %d trainable (%.3f%%) -> %s",
-             job.task, job.method, metrics["test_accuracy"], metrics["test_macro_f1"], metrics["test_ece"] or 0.0,
+    shown = ", ".join(f"{k.removeprefix('test_')} {metrics[k]:.3f}" for k in (f"test_{m}" for m in problem.metrics)
+                      if isinstance(metrics.get(k), float))
+    log.info("%s: %s: test %s (best epoch %d by %s), %d trainable (%.3f%%) -> %s", job.task, job.method, shown,
              best["epoch"], job.select_metric, metrics["trainable_params"], metrics["trainable_pct"], step.path)
     return {"task": job.task, "module": str(step.path), "metrics": str(step.path / METRICS_FILE)}
 
@@ -140,7 +151,9 @@ def _manifest(job: AdaptJob, run: TrainRun, best: dict, facts: dict) -> dict[str
     freeze = job.freeze.model_dump(mode="json")
     digests = run.inputs["data_digests"]
     return {
-        "task": job.task, "labels": list(job.labels), "num_labels": job.num_labels,
+        "task": job.task, "labels": list(job.labels), "num_labels": job.num_labels, "problem": job.problem,
+        **({"target_scale": dict(job.target_scale)} if job.target_scale else {}),
+        **({"decision_threshold": best["val_threshold"]} if best.get("val_threshold") is not None else {}),
         "module": {**spec, "family": get_method(job.method).family, "freeze": freeze,
                    "trained_backbone_weights": best["trained_backbone_weights"]},
         "method": job.method, "head": job.head, "freeze_policy": freeze["policy"],
@@ -157,22 +170,24 @@ def _test_through_contract(job: AdaptJob, module_dir: Path, test) -> dict[str, A
     """Load the module as any consumer does, predict the test split (predictions written beside it), time it."""
     from transformers import AutoTokenizer
 
-    from modpipe.evaluate import classification_metrics, confusion, latency_per_batch
+    from modpipe.evaluate import confusion, latency_per_batch
     from modpipe.evaluate.slices import slice_metrics
     from modpipe.models.modules import encode, load_module, predict_proba
+    from modpipe.evaluate.scoring import score_split
 
     model = load_module(job.backbone, module_dir)
     tokenizer = AutoTokenizer.from_pretrained(job.backbone)
-    probs = predict_proba(model, tokenizer, test.texts, job.max_length, job.batch_size)  # (N, K)
-    preds = probs.argmax(-1).tolist()
-    _write_predictions(module_dir / PREDICTIONS_FILE, test, preds, probs)
+    scores = predict_proba(model, tokenizer, test.texts, job.max_length, job.batch_size)  # (N, K)
+    measured = score_split(model.modpipe_manifest, test, scores, module_dir / PREDICTIONS_FILE)
     batches = [encode(tokenizer, test.texts[i:i + job.batch_size], job.max_length, model.padding_side)
                for i in range(0, len(test), job.batch_size)]
     with _no_grad():
         latency = latency_per_batch(lambda b: model(**b), batches)
-    return {**classification_metrics(test.label_ids, preds, prefix="test_", probs=probs, num_labels=job.num_labels),
-            **slice_metrics(job.task_dir, test.ids, test.label_ids, preds), **latency, "latency_batch_size": job.batch_size, "n_test": len(test),
-            "test_confusion": confusion(test.label_ids, preds, job.num_labels)}
+    extra = {"test_confusion": confusion(test.targets, measured["preds"], job.num_labels)} \
+        if job.problem == "classification" else {}
+    return {**measured["metrics"], **slice_metrics(job.task_dir, test.ids, test.targets, measured["preds"],
+                                                   problem=job.kind),
+            **latency, "latency_batch_size": job.batch_size, "n_test": len(test), **extra}
 
 
 def _train_metrics(job: AdaptJob, best: dict, history: list[dict], seconds: float,
@@ -191,7 +206,7 @@ def _train_metrics(job: AdaptJob, best: dict, history: list[dict], seconds: floa
         "train_started": history[0]["started_at"] if history else fit_started,
         "train_finished": history[-1]["reported_at"] if history else fit_started + seconds,
         "fit_started": fit_started, "fit_finished": fit_started + seconds,
-        "history": [{k: m.get(k) for k in ("epoch", "train_loss", "val_accuracy", "val_macro_f1", "val_ece")}
+        "history": [{k: m.get(k) for k in ("epoch", "train_loss", *(f"val_{x}" for x in job.kind.metrics))}
                     for m in history],
     }
 
@@ -200,16 +215,6 @@ def _no_grad():
     import torch
 
     return torch.no_grad()
-
-
-def _write_predictions(path: Path, split, preds: list[int], probs) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.table({"id": split.ids, "label_id": pa.array(split.label_ids, pa.int64()),
-                             "pred_id": pa.array(preds, pa.int64()),
-                             "probs": pa.array([[float(x) for x in row] for row in probs],
-                                               pa.list_(pa.float32()))}), path)
 
 
 def _worker_logging() -> None:

@@ -54,6 +54,9 @@ def read_manifest(backbone: str | Path, module_dir: str | Path) -> dict:
     method = manifest["module"]["method"]
     if method != "lora":
         raise ComposeError(f"{mdir}: module.method {method!r}; composition works on LoRA modules")
+    if (manifest.get("problem") or "classification") != "classification":
+        raise ComposeError(f"{mdir}: a {manifest['problem']} module; composition works on classifiers (its heads "
+                           f"are read as class probabilities)")
     if (mdir / DELTA_FILE).is_file():
         raise ComposeError(f"{mdir}: carries {DELTA_FILE} (a freeze policy trained backbone blocks); modules "
                            "composed on one shared backbone must leave it frozen")

@@ -12,6 +12,8 @@ raw_corpus        ``curate_out["raw_dir"]/**/*.jsonl``     ``datasets.read_raw``
 curated_docs      ``curate_out["docs_dir"]/*.parquet``     ``datasets.read_docs`` (+ text columns)
 curated_shards    shards listed in ``manifest.json``       ``datasets.read_shards`` (+ token columns)
 task_dataset      ``tasks_dir/<task>/{train,val,test}``    ``datasets.read_task`` (+ overlap, labels, tokens)
+task_multilabel   the same, of a multilabel task           ``datasets.read_task`` (+ label-id sets)
+task_regression   the same, of a regression task           ``datasets.read_task`` (+ finite targets)
 ================  =====================================  ==========================================
 
 Text columns (``derive.py``): text hash (duplicate rate), language and its share, token counts under the run's
@@ -41,7 +43,7 @@ from modpipe.contracts.suites import (
 )
 from modpipe.lineage import sha256_file
 
-SUITES = ("raw_corpus", "curated_docs", "curated_shards", "task_dataset")
+SUITES = ("raw_corpus", "curated_docs", "curated_shards", "task_dataset", "task_multilabel", "task_regression")
 
 log = logging.getLogger("modpipe.contracts")
 
@@ -170,7 +172,7 @@ def _load_datasets(paths: dict[str, Path | None], max_rows: int, seed: int) -> l
             out.extend(read_task(task_dir, max_rows, seed, tok))
     if tok is None:
         for ds in out:
-            if ds.suite in ("curated_docs", "task_dataset"):
+            if ds.suite in ("curated_docs", "task_dataset", "task_multilabel", "task_regression"):
                 ds.notes.append(f"no tokenizer at {paths['tokenizer']}: n_tokens not derived")
     return out
 

@@ -28,6 +28,8 @@ from modpipe.contracts.derive import add_label_columns, add_text_columns, plain_
 log = logging.getLogger("modpipe.contracts")
 
 SPLITS = ("train", "val", "test")
+TASK_SUITES = {"classification": "task_dataset", "multilabel": "task_multilabel", "regression": "task_regression"}
+"""The suite of a task split, by the task's problem (``problem.json``)."""
 
 
 @dataclass
@@ -161,9 +163,18 @@ def read_shards(manifest_path: str | Path, max_rows: int, seed: int) -> Dataset:
 
 def read_task(task_dir: str | Path, max_rows: int, seed: int, tokenizer=None) -> list[Dataset]:
     """One dataset per split of a task, with in_other_split, label_matches_id, label_share and text columns."""
+    from modpipe.evaluate.problems import read_problem
+
     root = Path(task_dir)
     labels_path = root / "labels.json"
     labels = json.loads(labels_path.read_text()) if labels_path.is_file() else None
+    try:
+        problem = read_problem(root)["problem"]
+    except ValueError as err:  # an unreadable problem.json: judged as the classification suite, and said so
+        problem, note = "classification", str(err)
+    else:
+        note = None
+    suite = TASK_SUITES[problem]
     frames = {s: pd.read_parquet(root / f"{s}.parquet") for s in SPLITS if (root / f"{s}.parquet").is_file()}
     keys = {s: (set(df["id"].dropna().astype(str)) if "id" in df else set(),
                 {h for h in (df["text"].map(text_hash) if "text" in df else []) if h})
@@ -176,12 +187,14 @@ def read_task(task_dir: str | Path, max_rows: int, seed: int, tokenizer=None) ->
         ids = df["id"].astype(str) if "id" in df else pd.Series([""] * len(df))
         hashes = df["text"].map(text_hash) if "text" in df else pd.Series([None] * len(df))
         df["in_other_split"] = (ids.isin(other_ids) | hashes.isin(other_hashes)).astype(bool).to_numpy()
-        df = add_label_columns(df, labels)
+        df = add_label_columns(df, labels, problem)
         # language: a task's texts may be any language (man_language is about them), so only hash and tokens
         sample = add_text_columns(_sample(df, max_rows, seed), tokenizer=tokenizer, language=False)
-        ds = Dataset("task_dataset", f"tasks/{root.name}/{split}", str(root / f"{split}.parquet"), sample, len(df))
+        ds = Dataset(suite, f"tasks/{root.name}/{split}", str(root / f"{split}.parquet"), sample, len(df))
         if labels is None:
             ds.notes.append(f"{labels_path} is missing: label_matches_id is False")
+        if note:
+            ds.notes.append(note)
         out.append(ds)
     missing = [s for s in SPLITS if s not in frames]
     if missing:

@@ -97,10 +97,18 @@ def add_text_columns(df: pd.DataFrame, *, tokenizer=None, language: bool = True)
     return df
 
 
-def add_label_columns(df: pd.DataFrame, labels: list[str] | None) -> pd.DataFrame:
-    """label_share and label_matches_id (``labels[label_id] == label``; False without labels.json)."""
+def add_label_columns(df: pd.DataFrame, labels: list[str] | None, problem: str = "classification") -> pd.DataFrame:
+    """Classification: label_share and label_matches_id (``labels[label_id] == label``; False without
+    labels.json). Multilabel: label_ids_valid, n_labels, rarest_label_share. Regression: target_finite."""
     import numpy as np
 
+    if problem == "multilabel":
+        return _multilabel_columns(df, labels)
+    if problem == "regression":
+        df = df.copy()
+        target = pd.to_numeric(df["target"], errors="coerce") if "target" in df else pd.Series(np.nan, df.index)
+        df["target_finite"] = np.isfinite(target.to_numpy(dtype=float))
+        return df
     df = df.copy()
     if "label" in df.columns:
         df["label_share"] = share_of_group(df["label"])
@@ -111,4 +119,26 @@ def add_label_columns(df: pd.DataFrame, labels: list[str] | None) -> pd.DataFram
         ]
     else:
         df["label_matches_id"] = False
+    return df
+
+
+def _multilabel_columns(df: pd.DataFrame, labels: list[str] | None) -> pd.DataFrame:
+    import numpy as np
+
+    df = df.copy()
+    sets = [list(x) if isinstance(x, (list, tuple, np.ndarray)) else None for x in
+            (df["label_ids"] if "label_ids" in df else [None] * len(df))]
+    names = df["label"].tolist() if "label" in df else [None] * len(df)
+    k = len(labels or [])
+    df["label_ids_valid"] = [
+        ids is not None and all(isinstance(i, (int, np.integer)) and 0 <= i < k for i in ids)
+        and "|".join(labels[int(i)] for i in ids) == (name or "")
+        for ids, name in zip(sets, names)]
+    df["n_labels"] = [len(ids) if ids is not None else 0 for ids in sets]
+    counts: dict[int, int] = {}
+    for ids in sets:
+        for i in ids or []:
+            counts[int(i)] = counts.get(int(i), 0) + 1
+    n = max(1, len(df))
+    df["rarest_label_share"] = [min((counts[int(i)] / n for i in ids), default=1.0) if ids else 1.0 for ids in sets]
     return df

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,18 +46,46 @@ class TaskDataError(ValueError):
     """A task's data cannot make a task (one label, an empty split); the message says which and why."""
 
 
-def _file_label(spec: TaskSpec, rec: dict) -> str | dict:
-    """A task file's row -> its label, or the row's quarantine entry."""
+def _file_label(spec: TaskSpec, rec: dict) -> str | tuple[str, ...] | float | dict:
+    """A task file's row -> its label (classification: a string; multilabel: a sorted tuple of strings;
+    regression: a float), or the row's quarantine entry."""
     value = rec.get(spec.label_field)
     where = (rec.get("source", spec.path), rec.get("line"))
     if value is None:
         return reject(*where, "missing_label", f"no {spec.label_field!r} field")
+    if spec.problem == "regression":
+        return _number_label(spec, value, where)
+    if spec.problem == "multilabel":
+        if isinstance(value, str) and spec.label_separator:
+            value = value.split(spec.label_separator) if value.strip() else []
+        if not isinstance(value, list):
+            return reject(*where, "bad_label", f"{spec.label_field!r} is {type(value).__name__}, expected a list of "
+                                               f"labels" + ("" if spec.label_separator else
+                                                            " (or set label_separator for a string column)"))
+        bad = [x for x in value if isinstance(x, bool) or not isinstance(x, (str, int)) or not str(x).strip()]
+        if bad:
+            return reject(*where, "bad_label", f"{spec.label_field!r} holds {bad[0]!r}; labels are non-blank "
+                                               f"strings or integers")
+        return tuple(sorted({str(x).strip() for x in value}))
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return reject(*where, "bad_label", f"{spec.label_field!r} is {type(value).__name__}, expected a string or "
                                            f"an integer")
     if not str(value).strip():
         return reject(*where, "missing_label", f"{spec.label_field!r} is blank")
     return str(value).strip()
+
+
+def _number_label(spec: TaskSpec, value: Any, where: tuple) -> float | dict:
+    """A regression target: a finite number, or its text (a CSV cell)."""
+    if isinstance(value, bool):
+        return reject(*where, "bad_label", f"{spec.label_field!r} is a boolean, expected a number")
+    try:
+        number = float(value.strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        return reject(*where, "bad_label", f"{spec.label_field!r} is {str(value)[:40]!r}, expected a number")
+    if not math.isfinite(number):
+        return reject(*where, "bad_label", f"{spec.label_field!r} is {number}, expected a finite number")
+    return number
 
 
 def _given_split(spec: TaskSpec, rec: dict) -> str | dict | None:
@@ -97,11 +126,13 @@ class Task:
     name: str
     kind: str
     labels: list[str]
-    splits: dict[str, list[dict]]  # split -> rows {id, text, label, label_id, key}
+    splits: dict[str, list[dict]]  # split -> rows {id, text, label, key, label_id | label_ids | target}
     dropped: dict[str, int]
     max_chars: int
     rejects: list[dict] = field(default_factory=list)
     """Quarantine rows of the task's own file rows (missing/bad label, unknown split)."""
+    problem: dict[str, Any] = field(default_factory=lambda: {"problem": "classification"})
+    """``problem.json``: the problem and what it needs (regression: the train target's mean and std)."""
 
 
 @dataclass
@@ -142,20 +173,59 @@ def _rows(spec: TaskSpec, records: list[dict], cfg: PipelineConfig, dropped: dic
 
 def build_task(spec: TaskSpec, records: list[dict], cfg: PipelineConfig) -> Task:
     """One task from raw records; ``TaskDataError`` when its data cannot make one."""
+    from modpipe.curate.task_problems import multilabel_splits, regression_splits
+
     t = cfg.tasks
     min_per_label = cfg.corpus.min_docs_per_language if spec.kind == "man_language" else t.min_examples_per_label
     min_per_label = max(min_per_label, 3)  # one example per split at least
     dropped: dict[str, int] = defaultdict(int)
     rejects: list[dict] = []
-    by_key = _rows(spec, records, cfg, dropped, rejects)
-    per_label: dict[str, list[dict]] = defaultdict(list)
+    unique = _dedup(_rows(spec, records, cfg, dropped, rejects), dropped)
+    where = f"task {spec.name!r} ({spec.source}, {spec.problem})"
+    build = {"classification": _classification_splits, "multilabel": multilabel_splits,
+             "regression": regression_splits}[spec.problem]
+    labels, splits, info = build(spec, unique, min_per_label, t, dropped, where, len(rejects))
+    for s in SPLITS:
+        if not splits[s]:
+            raise TaskDataError(f"{where}: the {s} split is empty "
+                                f"({', '.join(f'{k} {len(v)}' for k, v in splits.items())} examples)")
+        splits[s].sort(key=lambda r: r["id"])
+    return Task(spec.name, spec.kind, labels, splits, dict(dropped), spec.max_chars, rejects,
+                {"problem": spec.problem, **info})
+
+
+def _dedup(by_key: dict[str, list[dict]], dropped: dict) -> list[dict]:
+    """One row per text key (the smallest id); a text that carries two different labels is dropped."""
+    unique = []
     for key, rows in by_key.items():
         if len({r["label"] for r in rows}) > 1:
             dropped["conflicting_labels"] += len(rows)
             continue
         rows.sort(key=lambda r: r["id"])
         dropped["duplicate_text"] += len(rows) - 1
-        per_label[rows[0]["label"]].append({**rows[0], "key": key})
+        unique.append({**rows[0], "key": key})
+    return unique
+
+
+def hash_split(rows: list[dict], t) -> dict[str, list[dict]]:
+    """Rows into train/val/test: each row's given split, else by the sha256 order of its text key (the first
+    ``test_frac`` to test, the next ``val_frac`` to val, the rest to train)."""
+    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    rows = sorted(rows, key=lambda r: (doc_hash(r["key"]), r["id"]))
+    n = len(rows)
+    n_test, n_val = max(1, round(n * t.test_frac)), max(1, round(n * t.val_frac))
+    for i, row in enumerate(rows):
+        split = row.pop("split") or ("test" if i < n_test else "val" if i < n_test + n_val else "train")
+        splits[split].append(row)
+    return splits
+
+
+def _classification_splits(spec: TaskSpec, unique: list[dict], min_per_label: int, t, dropped: dict, where: str,
+                           n_rejects: int) -> tuple[list[str], dict[str, list[dict]], dict]:
+    """Labels with >= ``min_per_label`` examples, split inside each label (stratified)."""
+    per_label: dict[str, list[dict]] = defaultdict(list)
+    for row in unique:
+        per_label[row["label"]].append(row)
     small = {lab: len(rows) for lab, rows in per_label.items() if len(rows) < min_per_label}
     if small:
         log.info("task %s: labels with < %d examples dropped: %s", spec.name, min_per_label, small)
@@ -163,24 +233,14 @@ def build_task(spec: TaskSpec, records: list[dict], cfg: PipelineConfig) -> Task
     labels = _label_order(spec.kind, {lab for lab in per_label if lab not in small})
     if len(labels) < 2:
         found = dict(sorted(Counter({lab: len(rows) for lab, rows in per_label.items()}).items()))
-        raise TaskDataError(f"task {spec.name!r} ({spec.source}): {len(labels)} label(s) with >= {min_per_label} "
-                            f"usable examples; a classifier needs two (examples per label: {found or 'none'}; "
-                            f"{len(rejects)} row(s) quarantined)")
+        raise TaskDataError(f"{where}: {len(labels)} label(s) with >= {min_per_label} usable examples; a "
+                            f"classifier needs two (examples per label: {found or 'none'}; {n_rejects} row(s) "
+                            f"quarantined)")
     splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for label_id, label in enumerate(labels):
-        rows = sorted(per_label[label], key=lambda r: (doc_hash(r["key"]), r["id"]))
-        n = len(rows)
-        n_test = max(1, round(n * t.test_frac))
-        n_val = max(1, round(n * t.val_frac))
-        for i, row in enumerate(rows):
-            split = row.pop("split") or ("test" if i < n_test else "val" if i < n_test + n_val else "train")
-            splits[split].append({**row, "label_id": label_id})
-    for s in SPLITS:
-        if not splits[s]:
-            raise TaskDataError(f"task {spec.name!r} ({spec.source}): the {s} split is empty "
-                                f"({', '.join(f'{k} {len(v)}' for k, v in splits.items())} examples)")
-        splits[s].sort(key=lambda r: r["id"])
-    return Task(spec.name, spec.kind, labels, splits, dict(dropped), spec.max_chars, rejects)
+        for split, rows in hash_split(per_label[label], t).items():
+            splits[split] += [{**row, "label_id": label_id} for row in rows]
+    return labels, splits, {}
 
 
 def _sources(records: list[dict], cfg: PipelineConfig, corpus_kind: str) -> list[tuple[TaskSpec, Any]]:
@@ -235,18 +295,25 @@ def build_tasks(records: list[dict], cfg: PipelineConfig, corpus_kind: str) -> l
 
 
 def write_tasks(tasks: list[Task], out: Path) -> dict[str, Any]:
-    """tasks/<name>/{train,val,test}.parquet (id, text, label, label_id) + labels.json + slices.parquet (id, one
-    column per slice field: ``evaluate.slices``); returns manifest part."""
+    """tasks/<name>/{train,val,test}.parquet (id, text, label (as text) and the target column of the problem:
+    ``label_id``, ``label_ids`` or ``target``) + labels.json (the outputs: label names; regression: the target's
+    name) + problem.json + slices.parquet (id, one column per slice field: ``evaluate.slices``); returns the
+    manifest part."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("label", pa.string()),
-                        ("label_id", pa.int64())])
+    from modpipe.evaluate.problems import PROBLEM_FILE, get
+
+    types = {"label_id": pa.int64(), "label_ids": pa.list_(pa.int64()), "target": pa.float64()}
     summary = {}
     for task in tasks:
+        column = get(task.problem["problem"]).target_column
+        schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("label", pa.string()),
+                            (column, types[column])])
         d = out / task.name
         d.mkdir(parents=True, exist_ok=True)
         (d / "labels.json").write_text(json.dumps(task.labels, ensure_ascii=False))
+        (d / PROBLEM_FILE).write_text(json.dumps(task.problem, indent=1))
         for split, rows in task.splits.items():
             table = pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema)
             pq.write_table(table, d / f"{split}.parquet")
@@ -255,7 +322,7 @@ def write_tasks(tasks: list[Task], out: Path) -> dict[str, Any]:
         pq.write_table(pa.table({"id": [r["id"] for r in rows],
                                  **{f: pa.array([r["slices"][f] for r in rows], pa.string()) for f in fields}}),
                        d / SLICES_FILE)
-        summary[task.name] = {"kind": task.kind, "labels": task.labels,
+        summary[task.name] = {"kind": task.kind, "problem": task.problem["problem"], "labels": task.labels,
                               **{s: len(task.splits[s]) for s in SPLITS}, "dropped": task.dropped}
     return summary
 

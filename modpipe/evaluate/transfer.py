@@ -40,7 +40,7 @@ RESULTS_FILE = "results.json"
 REFERENCE = "full"
 ROW_METRICS = ("test_accuracy", "test_macro_f1", "test_auroc_ovr", "test_ece", "val_macro_f1", "trainable_params",
                "trainable_pct", "train_seconds", "peak_memory_mb", "latency_ms_per_batch", "n_train",
-               "test_max_slice_gap")
+               "test_max_slice_gap", "test_micro_f1", "test_map", "test_rmse", "test_mae", "test_spearman")
 CLASSICAL = ("majority", "tfidf_lr")
 """The baseline step's classical baselines, shown as rows beside the modules (same test split)."""
 
@@ -192,13 +192,19 @@ def _baselines(cfg: PipelineConfig, tasks_dir: str, tasks: list[str], out: Path,
 
 def _routing(cfg: PipelineConfig, backbone: str, tasks_dir: str, lora: dict[str, dict[str, str]],
              out: Path) -> dict[str, Any]:
-    """Per task with a fresh LoRA module: the router over the other tasks' LoRA modules vs that fresh module."""
+    """Per classification task with a fresh LoRA module: the router over the other tasks' LoRA modules vs that
+    fresh module (the router's head is a classifier: multilabel and regression tasks are left out, said so)."""
     from modpipe.compose.router import route_vs_fresh
+    from modpipe.evaluate.problems import read_problem
 
     result: dict[str, Any] = {}
     for task in lora:
         sources = {t: v["module"] for t, v in lora.items() if t != task}
         if not sources:
+            continue
+        problem = read_problem(Path(tasks_dir) / task)["problem"]
+        if problem != "classification":
+            result[task] = {"error": f"no router for a {problem} task (the router's head is a classifier)"}
             continue
         try:
             result[task] = route_vs_fresh(backbone, sources, Path(tasks_dir) / task, lora[task]["metrics"],

@@ -244,9 +244,17 @@ def encode(tokenizer, texts: list[str], max_length: int, padding_side: str = "ri
 
 
 def predict_proba(model, tokenizer, texts: list[str], max_length: int, batch_size: int, device=None,
-                  padding_side: str | None = None) -> np.ndarray:
-    """Class probabilities (softmax of the head's logits), N x K, in the order of ``texts``."""
+                  padding_side: str | None = None, activation: str | None = None) -> np.ndarray:
+    """The head's scores, N x K, in the order of ``texts``: ``activation`` ``softmax`` (class probabilities),
+    ``sigmoid`` (one probability per label: multilabel) or ``none`` (the raw outputs: regression, standardised).
+    None: the loaded module's problem (``modpipe_manifest``), else softmax."""
     import torch
+
+    from modpipe.evaluate.problems import activation as activation_of, get
+
+    if activation is None:
+        activation = activation_of(get((getattr(model, "modpipe_manifest", None) or {}).get("problem")))
+    squash = {"softmax": lambda x: torch.softmax(x, dim=-1), "sigmoid": torch.sigmoid, "none": lambda x: x}[activation]
 
     device = device or next(model.parameters()).device
     side = padding_side or getattr(model, "padding_side", "right")
@@ -258,7 +266,7 @@ def predict_proba(model, tokenizer, texts: list[str], max_length: int, batch_siz
             enc = encode(tokenizer, texts[i:i + batch_size], max_length, side)
             logits = model(input_ids=enc["input_ids"].to(device),
                            attention_mask=enc["attention_mask"].to(device)).logits  # (B, K)
-            out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+            out.append(squash(logits.float()).cpu().numpy())
     model.train(was_training)
     k = int(_classifier(model).config.num_labels)
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.float32)

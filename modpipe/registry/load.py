@@ -161,11 +161,28 @@ class LoadedModule:
 
         return predict_proba(self.model, self.tokenizer, list(texts), self.max_length, batch_size)
 
+    def decide(self, scores) -> list:
+        """Predictions from ``predict_proba``'s scores, by the module's problem: a label name (classification),
+        the list of label names at or above the decision threshold (multilabel), the value (regression)."""
+        from modpipe.evaluate import problems
+
+        manifest = getattr(self.model, "modpipe_manifest", None) or {}
+        problem = problems.get(manifest.get("problem"))
+        values = problems.to_values(problem, scores, manifest.get("target_scale"))
+        decided = problems.decide(problem, values, manifest.get("decision_threshold"))
+        if problem is problems.REGRESSION:
+            return decided
+        if problem is problems.MULTILABEL:
+            return [[self.labels[i] for i in ids] for ids in decided]
+        return [self.labels[i] for i in decided]
+
     def predict(self, texts: list[str], batch_size: int = 32) -> list[dict[str, Any]]:
+        """Per text: ``label`` (``decide``), the raw ``probabilities`` (scores), the labels, the module's name,
+        version and digest."""
         probs = self.predict_proba(texts, batch_size)
-        return [{"label": self.labels[int(p.argmax())], "probabilities": [float(x) for x in p],
+        return [{"label": label, "probabilities": [float(x) for x in p],
                  "labels": list(self.labels), "model": self.name, "version": self.version,
-                 "module_digest": self.module_digest} for p in probs]
+                 "module_digest": self.module_digest} for label, p in zip(self.decide(probs), probs)]
 
 
 def build(name: str, version: str | None, verdict: Verdict, module_dir: Path, backbone_dir: Path) -> LoadedModule:

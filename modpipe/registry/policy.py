@@ -97,8 +97,8 @@ class Rules:
     max_slice_gap: float | None = None
 
     @classmethod
-    def of(cls, publish, task: str) -> Rules:
-        rule = publish.rule(task)
+    def of(cls, publish, task: str, problem: str = "classification") -> Rules:
+        rule = publish.rule(task, problem)
         return cls(rule.metric, rule.direction, float(rule.threshold), publish.max_ece,
                    float(publish.reproduce_tolerance), publish.max_slice_gap)
 
@@ -401,7 +401,8 @@ def _quality(v: Verdict, root: Path, backbone: str | Path | None, task_dir: str 
         v.add("quality", "metric", rules.passes(value), f"{rules.metric}={value:.4f} {op} {rules.threshold} "
               f"({rules.direction} is better)" if rules.passes(value) else
               f"{rules.metric}={value:.4f} fails the bar {op} {rules.threshold} ({rules.direction} is better)")
-    if rules.max_ece is not None and v.manifest.get("num_labels"):
+    if rules.max_ece is not None and v.manifest.get("num_labels") and \
+            (v.manifest.get("problem") or "classification") == "classification":
         ece = _number(v.measured.get("test_ece"))
         if ece is None:
             v.add("quality", "ece", False, "no test_ece measured")
@@ -439,11 +440,13 @@ def _reproduces(v: Verdict, root: Path) -> None:
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(preds, columns=["id", "pred_id", "probs"]).to_pydict()
-            recorded = {str(i): (p, q) for i, p, q in zip(table["id"], table["pred_id"], table["probs"])}
+            from modpipe.evaluate.scoring import read_predictions
+
+            _, table = read_predictions(preds)
+            recorded = {i: (p, q) for i, p, q in zip(table["id"], table["pred"], table["probs"])}
             ours = {i: (p, q) for i, p, q in zip(v.measured["ids"], v.measured["pred_ids"], v.measured["probs"])}
             common = [i for i in ours if i in recorded]
-            agreement = sum(recorded[i][0] == ours[i][0] for i in common) / max(1, len(common))
+            agreement = sum(_same(recorded[i][0], ours[i][0]) for i in common) / max(1, len(common))
             drift = max((float(np.max(np.abs(np.asarray(recorded[i][1]) - np.asarray(ours[i][1]))))
                          for i in common), default=1.0)
             if not common or agreement < AGREEMENT_MIN or drift > PROBS_TOLERANCE:
@@ -456,36 +459,51 @@ def _reproduces(v: Verdict, root: Path) -> None:
           + (f" ({agreement:.0%} agree)" if agreement is not None else ""))
 
 
+def _same(recorded: Any, ours: Any) -> bool:
+    """One prediction reproduced: the same class or label set; a regression value up to float noise."""
+    if isinstance(recorded, float) or isinstance(ours, float):
+        return abs(float(recorded) - float(ours)) <= PROBS_TOLERANCE * max(1.0, abs(float(recorded)))
+    return recorded == ours
+
+
 def measure(module_dir: str | Path, backbone_dir: str | Path, task_dir: str | Path, manifest: dict[str, Any],
             batch_size: int = 32) -> dict[str, Any]:
-    """Test metrics of the module on ``task_dir``'s test split (``<tasks_dir>/<task>``): accuracy, macro-F1,
-    AUROC, ECE, predictions. Only called on a module whose integrity and compatibility passed."""
+    """Test metrics of the module on ``task_dir``'s test split (``<tasks_dir>/<task>``), the problem's
+    (``evaluate.scoring.score_split``, as the adapt stage computed them), slices and predictions. Only called on a
+    module whose integrity and compatibility passed."""
     from transformers import AutoTokenizer
 
     from modpipe.adapt.data import read_labels, read_split
-    from modpipe.evaluate import classification_metrics
+    from modpipe.evaluate.problems import PROBLEM_FILE, get, read_problem
+    from modpipe.evaluate.scoring import score_split
     from modpipe.evaluate.slices import slice_metrics
     from modpipe.models.modules import load_module, predict_proba
 
     task_dir = Path(task_dir)
-    labels = read_labels(task_dir)
+    problem = read_problem(task_dir)["problem"]
+    if problem != (manifest.get("problem") or "classification"):
+        raise ValueError(f"the task is a {problem} task; the module was trained for {manifest.get('problem')}")
+    labels = read_labels(task_dir, problem)
     if list(labels) != list(manifest.get("labels") or []):
         raise ValueError(f"the test split's labels {labels} are not the module's {manifest.get('labels')}")
-    test = read_split(task_dir, "test", len(labels))
+    test = read_split(task_dir, "test", len(labels), problem)
     if not len(test):
         raise ValueError("the test split has no usable rows")
     model = load_module(backbone_dir, module_dir, verify=False)  # verified above, field by field
     tokenizer = AutoTokenizer.from_pretrained(str(backbone_dir))
     # the batch size the module was tested with: the same padding, so the same numbers up to float noise
     batch_size = int(manifest.get("batch_size") or batch_size)
-    probs = predict_proba(model, tokenizer, test.texts, int(manifest.get("max_length") or 256), batch_size)
-    preds = probs.argmax(-1).tolist()
-    out = {**classification_metrics(test.label_ids, preds, prefix="test_", probs=probs, num_labels=len(labels)),
-           **slice_metrics(task_dir, test.ids, test.label_ids, preds)}
+    scores = predict_proba(model, tokenizer, test.texts, int(manifest.get("max_length") or 256), batch_size)
+    scored = score_split(manifest, test, scores)
+    out = {**scored["metrics"], **slice_metrics(task_dir, test.ids, test.targets, scored["preds"],
+                                                problem=get(problem))}
+    problem_file = task_dir / PROBLEM_FILE
     return {**{k: (None if isinstance(x, float) and not math.isfinite(x) else x) for k, x in out.items()},
             "n_test": len(test), "test_digest": sha256_file(task_dir / "test.parquet"),
-            "labels_digest": sha256_file(task_dir / "labels.json"), "ids": test.ids, "pred_ids": preds,
-            "probs": probs.tolist()}
+            "labels_digest": sha256_file(task_dir / "labels.json"),
+            "problem_digest": sha256_file(problem_file) if problem_file.is_file() else None,
+            "ids": test.ids, "pred_ids": scored["preds"], "targets": test.targets, "problem": problem,
+            "probs": scores.tolist()}
 
 
 def _read_json(path: Path) -> dict[str, Any] | str:

@@ -64,7 +64,7 @@ def baseline_bars(cfg: PipelineConfig, baselines: str | Path | None,
 
 def judge_baseline(v: Verdict, bar: BaselineBar | str) -> None:
     """``promotion.baseline``: the candidate against its task's classical baseline on the same test rows."""
-    from modpipe.baseline import PAIRED_METRICS, paired_bootstrap
+    from modpipe.baseline import PAIRED, paired_bootstrap
 
     rules = v.rules
     if isinstance(bar, str):
@@ -78,7 +78,7 @@ def judge_baseline(v: Verdict, bar: BaselineBar | str) -> None:
               f"(test sha256 {str(bar.test_digest)[:12]}, this split {str(v.measured.get('test_digest'))[:12]})")
         return
     sign = 1 if rules.direction == "higher" else -1
-    if rules.metric in PAIRED_METRICS:
+    if rules.metric in PAIRED[v.measured.get("problem") or "classification"]:
         try:
             cmp = paired_bootstrap(v.measured["ids"], v.measured["pred_ids"], bar.predictions, n=bar.resamples,
                                    confidence=bar.confidence, metric=rules.metric)

@@ -130,7 +130,8 @@ def publish(cfg: PipelineConfig, backbone: str, modules: dict[str, str], manifes
             continue
         task_dir = Path(tasks_dir) / task if tasks_dir is not None else None
         try:
-            verdict = check(path, backbone, Rules.of(cfg.publish, task), task_dir=task_dir, baseline=bars[task])
+            rules = Rules.of(cfg.publish, task, _problem_of(path))
+            verdict = check(path, backbone, rules, task_dir=task_dir, baseline=bars[task])
         except Exception as err:  # noqa: BLE001 - a module the check cannot even read is refused, not raised
             result["rejected"].append({"task": task, "reason": f"check failed: {type(err).__name__}: {err}"})
             log.warning("publish: %s not published: check failed: %s", task, err)
@@ -166,6 +167,17 @@ def publish(cfg: PipelineConfig, backbone: str, modules: dict[str, str], manifes
     return result
 
 
+def _problem_of(module_dir: str | Path) -> str:
+    """The module's problem as its module.json records it (the policy check verifies that file; a module.json
+    without one is a classifier's, from before problems existed)."""
+    try:
+        manifest = json.loads((Path(module_dir) / "module.json").read_text())
+    except (OSError, ValueError):
+        return "classification"  # the check refuses the unreadable module.json with its reason
+    problem = manifest.get("problem") if isinstance(manifest, dict) else None
+    return problem if isinstance(problem, str) else "classification"
+
+
 def _artifact_location(cfg: PipelineConfig) -> str | None:
     """``publish.artifact_location``; for a SQLite store without one, ``artifacts/`` beside the database (MLflow's
     own default is ``./mlruns`` under whatever the current directory is); for a server, its own default."""
@@ -180,11 +192,12 @@ def _artifact_location(cfg: PipelineConfig) -> str | None:
 
 
 def _numbers(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Every finite number of ``d``, nested keys joined by dots; the per-slice detail (``test_slices``: keys are
-    the users' slice values, not metric names) is left out: its gaps are numbers of their own."""
+    """Every finite number of ``d``, nested keys joined by dots; the per-slice and per-label detail
+    (``test_slices``, ``test_label_f1``: keys are the users' slice values and label names, not metric names) is
+    left out: the slices' gaps and the labels' macro-F1 are numbers of their own."""
     out: dict[str, float] = {}
     for k, v in d.items():
-        if k == "test_slices":
+        if k in ("test_slices", "test_label_f1"):
             continue
         if isinstance(v, dict):
             out.update(_numbers(v, f"{prefix}{k}."))

@@ -15,7 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-MODULE_METRICS = ("test_accuracy", "test_macro_f1", "test_auroc_ovr", "test_ece", "test_max_slice_gap")
+MODULE_METRICS = ("test_accuracy", "test_macro_f1", "test_auroc_ovr", "test_ece", "test_max_slice_gap",
+                  "test_micro_f1", "test_map", "test_rmse", "test_mae", "test_spearman")
 TOP_REASONS = 3
 BOOTSTRAP = 200
 """Paired resamples of the test rows for the module-vs-baseline interval (sklearn's F1 costs ~2 ms each on 2
@@ -229,8 +230,8 @@ def modules(summary: dict[str, Any], paths: RunPaths, pretrain_version: str | No
         m = read_json(Path(mdir) / "metrics.json") or {}
         manifest = read_json(Path(mdir) / "module.json") or {}
         labels = list(manifest.get("labels") or [])
-        row = {"task": task, "from": origin, "dir": paths.rel(mdir),
-               "method": m.get("method") or manifest.get("method"),
+        row = {"task": task, "from": origin, "dir": paths.rel(mdir), "problem": manifest.get("problem") or
+               "classification", "method": m.get("method") or manifest.get("method"),
                **{k: m.get(k) for k in MODULE_METRICS}, "trainable_pct": m.get("trainable_pct"),
                "train_seconds": m.get("train_seconds"), "n_test": m.get("n_test"), "labels": labels,
                "confusion": m.get("test_confusion"),
@@ -249,16 +250,19 @@ def modules(summary: dict[str, Any], paths: RunPaths, pretrain_version: str | No
 
 def _baseline(out: dict[str, Any] | None, task: str, module_dir: Path,
               gated: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The baseline step's TF-IDF + LR on ``task`` (majority beside it) and module minus baseline test macro-F1
-    with its 95% paired-bootstrap interval over the test rows both predicted: the publish gate's own comparison
-    (``gated``, the numbers that decided the alias) where it made one on macro-F1, else ``baseline.compare``."""
+    """The baseline step's TF-IDF + LR (ridge for regression) on ``task`` (majority beside it) and module minus
+    baseline on the gate's metric (macro-F1 when the gate made no comparison), with its 95% paired-bootstrap
+    interval over the test rows both predicted: the publish gate's own comparison (``gated``, the numbers that
+    decided the alias) where it made one, else ``baseline.compare``."""
     b = (read_json((out or {}).get("baselines")) or {}).get(task) or {}
     lr = b.get("tfidf_lr")
     if not lr:
         return None
-    row = {"name": "TF-IDF + LR", "test_accuracy": lr.get("test_accuracy"), "test_macro_f1": lr.get("test_macro_f1"),
+    metric = (gated or {}).get("metric") or "test_macro_f1"
+    row = {"name": "TF-IDF + ridge" if b.get("problem") == "regression" else "TF-IDF + LR", "metric": metric,
+           "value": lr.get(metric), "test_accuracy": lr.get("test_accuracy"), "test_macro_f1": lr.get("test_macro_f1"),
            "majority_macro_f1": (b.get("majority") or {}).get("test_macro_f1"), "delta": None}
-    if gated and gated.get("name") == "tfidf_lr" and gated.get("metric") == "test_macro_f1" and "high" in gated:
+    if gated and gated.get("name") == "tfidf_lr" and "high" in gated:
         row["delta"] = {k: gated[k] for k in ("delta", "low", "high", "rows", "resamples")} | {"source": "publish gate"}
         return row
     preds = Path(((out or {}).get("tasks") or {}).get(task, "")) / str(lr.get("predictions", ""))
@@ -266,7 +270,7 @@ def _baseline(out: dict[str, Any] | None, task: str, module_dir: Path,
         try:
             from modpipe.baseline import compare
 
-            row["delta"] = {**compare(module_dir / "test_predictions.parquet", preds, n=BOOTSTRAP),
+            row["delta"] = {**compare(module_dir / "test_predictions.parquet", preds, n=BOOTSTRAP, metric=metric),
                             "resamples": BOOTSTRAP}
         except Exception:  # noqa: BLE001 - no comparison is "not computed", not a broken report
             pass
@@ -460,6 +464,12 @@ def metrics_line(facts: dict[str, Any]) -> list[tuple[str, str]]:
     for m in facts.get("modules") or []:
         if m.get("failed"):
             out.append((m["task"], "failed"))
+        elif m.get("problem") == "regression" and m.get("test_rmse") is not None:
+            base = m.get("baseline") or {}
+            vs = f" (baseline {base['value']:.3f})" if base.get("metric") == "test_rmse" and base.get("value") \
+                is not None else ""
+            rho = f" · Spearman {m['test_spearman']:.3f}" if m.get("test_spearman") is not None else ""
+            out.append((m["task"], f"RMSE {m['test_rmse']:.3f}{vs}{rho} · {m['trainable_pct']:.2g}% trainable"))
         elif m.get("test_macro_f1") is not None:
             base = m.get("baseline") or {}
             vs = f" (baseline {base['test_macro_f1']:.3f})" if base.get("test_macro_f1") is not None else ""

@@ -313,13 +313,38 @@ def _pretrain(facts: dict[str, Any]) -> str:
 
 
 def _vs_baseline(r: dict[str, Any]) -> str:
-    """Module minus classical baseline, test macro-F1, with its 95% paired-bootstrap interval; red when the module
-    is worse beyond noise, green when better beyond noise."""
-    d = (r.get("baseline") or {}).get("delta")
+    """Module minus classical baseline on the gate's metric, with its 95% paired-bootstrap interval; red when the
+    module is worse beyond noise, green when better beyond noise (for RMSE/MAE, lower is better)."""
+    from modpipe.evaluate.problems import higher_is_better
+
+    base = r.get("baseline") or {}
+    d = base.get("delta")
     if not d:
         return f"<span class=nc>{NOT_COMPUTED}</span>"
-    cls = "bad" if d["high"] < 0 else "ok" if d["low"] > 0 else ""
-    return f"<span class='{cls}'>{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]</span>"
+    worse, better = (d["high"] < 0, d["low"] > 0) if higher_is_better(base.get("metric") or "macro_f1") \
+        else (d["low"] > 0, d["high"] < 0)
+    cls = "bad" if worse else "ok" if better else ""
+    name = (base.get("metric") or "test_macro_f1").removeprefix("test_")
+    label = "" if name == "macro_f1" else f"{esc(name)} "
+    return f"<span class='{cls}'>{label}{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]</span>"
+
+
+def _problem_metrics(r: dict[str, Any]) -> str:
+    """The metrics of a multilabel or regression module that the classification columns do not show."""
+    keys = {"multilabel": (("test_micro_f1", "micro-F1"), ("test_map", "mAP")),
+            "regression": (("test_rmse", "RMSE"), ("test_mae", "MAE"), ("test_spearman", "Spearman"))}
+    return " · ".join(f"{name} {_fmt(r.get(k))}" for k, name in keys.get(r.get("problem") or "", ())
+                      if r.get(k) is not None)
+
+
+def _worse_than_baseline(r: dict[str, Any]) -> bool:
+    from modpipe.evaluate.problems import higher_is_better
+
+    base = r.get("baseline") or {}
+    d = base.get("delta") or {}
+    if not d:
+        return False
+    return d["high"] < 0 if higher_is_better(base.get("metric") or "macro_f1") else d["low"] > 0
 
 
 def _modules(facts: dict[str, Any]) -> str:
@@ -330,22 +355,30 @@ def _modules(facts: dict[str, Any]) -> str:
     best = max(good, key=lambda r: r.get("test_macro_f1") or 0, default=None)
     sub = _plural(len(good), "module")
     sub += f" · best macro-F1 {_fmt(best['test_macro_f1'])} ({best['task']})" if best else ""
-    beaten = [r for r in good if ((r.get("baseline") or {}).get("delta") or {}).get("high", 0) < 0]
+    beaten = [r for r in good if _worse_than_baseline(r)]
     sub += f" · {len(beaten)} worse than the classical baseline" if beaten else ""
     sub += f" · {len(rows) - len(good)} failed" if len(rows) > len(good) else ""
     nc = f"<span class=nc>{NOT_COMPUTED}</span>"
 
     def other(r, key):
-        return nc if not r.get(key) else esc(_fmt(r[key].get("test_macro_f1")))
+        if not r.get(key):
+            return nc
+        metric = r[key].get("metric") or "test_macro_f1"
+        value = r[key].get("value", r[key].get("test_macro_f1"))
+        return esc(_fmt(value) if metric == "test_macro_f1" else f"{metric.removeprefix('test_')} {_fmt(value)}")
 
     table = [{**r, "dir": _link(r.get("dir"), r["from"]) if r.get("dir") else "", "baseline": other(r, "baseline"),
-              "vs": _vs_baseline(r), "full": other(r, "full"), "failed": r.get("failed") or ""} for r in rows]
+              "vs": _vs_baseline(r), "full": other(r, "full"), "failed": r.get("failed") or "",
+              "other_metrics": _problem_metrics(r)} for r in rows]
     cols = [("task", "task"), ("dir", "from"), ("method", "method"), ("test_accuracy", "accuracy"),
             ("test_macro_f1", "macro-F1"), ("test_auroc_ovr", "AUROC"), ("test_ece", "ECE"),
             ("test_max_slice_gap", "max slice gap"),
+            ("other_metrics", "multilabel / regression metrics"),
             ("trainable_pct", "trainable %"), ("train_seconds", "train s"), ("baseline", "baseline"),
             ("vs", "Δ vs baseline (95% CI)"), ("full", "full FT")]
     cols += [("failed", "failed")] if len(good) < len(rows) else []
+    if not any(t["other_metrics"] for t in table):
+        cols.remove(("other_metrics", "multilabel / regression metrics"))
     body = _table(cols, table, raw=("dir", "baseline", "vs", "full"), wrap=("failed",))
     notes = []
     if not any(r.get("baseline") for r in good):
@@ -362,6 +395,13 @@ def _modules(facts: dict[str, Any]) -> str:
     if good:
         body += _figure(lambda: figures.module_scores(rows), "test scores per task")
     for r in good:
+        if r.get("problem", "classification") != "classification":
+            body += (f"<h3>{esc(r['task'])}: a {esc(r['problem'])} task ({_fmt(r.get('trainable_pct'))}% of the "
+                     f"backbone trainable)</h3><p class=note>calibration and confusion: classifiers only</p>")
+            if r.get("grad_flow"):
+                body += _figure(lambda r=r: figures.grad_flow(r["grad_flow"], f"{r['task']}: gradient flow"),
+                                f"{r['task']} gradient norm per block")
+            continue
         body += (f"<h3>{esc(r['task'])}: calibration and confusion ({len(r.get('labels') or [])} labels, "
                  f"{_fmt(r.get('trainable_pct'))}% of the backbone trainable)</h3>")
         body += _figure(lambda r=r: figures.module_detail(r), f"{r['task']} reliability and confusion")

@@ -162,7 +162,11 @@ def sweep_task(cfg: PipelineConfig, name: str, backbone: str | Path, tasks_dir: 
         task = load_task(tasks_dir, name)
     except TaskDataError as err:
         raise TuneError(f"tune: task {name}: {err}") from None
-    job = make_job(cfg, task, backbone).model_copy(update={"epochs": t.epochs, "select_metric": t.metric})
+    from modpipe.evaluate.problems import get, higher_is_better, selection
+
+    metric = selection(get(task.problem), t.metric)  # regression: val_rmse, whatever tune.metric says
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    job = make_job(cfg, task, backbone).model_copy(update={"epochs": t.epochs, "select_metric": metric})
     kinds = {k: module_config(cfg.adapt, k) for k in t.methods}
     scaling = Scaling.of(cfg.adapt)
     base = TrainRun(name="", storage=str(work / "train"), max_failures=cfg.adapt.max_failures,
@@ -172,12 +176,12 @@ def sweep_task(cfg: PipelineConfig, name: str, backbone: str | Path, tasks_dir: 
                             "quarantined_rows": len(task.rejects)})
     pts = points(t, cfg.seed)
     grid, exp_path = _fit_sweep(cfg, job, kinds, scaling, base, pts, work / "ray", name, state)
-    trials = _summarise(grid, t.metric, name)
+    trials = _summarise(grid, metric, name, sign)
     scored = [tr for tr in trials if tr["best_metric"] is not None]
     if not scored:
         errors = "; ".join(f"{tr['trial_id']}: {tr['error']}" for tr in trials if tr["error"]) or "no results"
-        raise TuneError(f"no trial reported {t.metric} (sweep {exp_path}): {errors}")
-    best = max(scored, key=lambda tr: (tr["best_metric"], -tr["trial_index"]))
+        raise TuneError(f"no trial reported {metric} (sweep {exp_path}): {errors}")
+    best = max(scored, key=lambda tr: (sign * tr["best_metric"], -tr["trial_index"]))
     module = _best_module(job, kinds, scaling, base, best)
     dest = out / MODULES_DIR / name
     if dest.exists():
@@ -185,7 +189,7 @@ def sweep_task(cfg: PipelineConfig, name: str, backbone: str | Path, tasks_dir: 
     shutil.copytree(module, dest)
     record = {
         "task": name, "method": best["method"], "params": best["params"], "lr": best["lr"], "r": best["r"],
-        "head": best["head"], "top_k": best["top_k"], "label": best["label"], "metric": t.metric,
+        "head": best["head"], "top_k": best["top_k"], "label": best["label"], "metric": metric,
         "best_metric": best["best_metric"], "best_epoch": best["best_epoch"], "trial_id": best["trial_id"],
         "num_trials": len(trials), "search": t.search, "scheduler": t.scheduler,
         "stopped_early": sum(1 for tr in trials if tr["epochs_run"] < t.epochs and not tr["error"]),
@@ -195,7 +199,7 @@ def sweep_task(cfg: PipelineConfig, name: str, backbone: str | Path, tasks_dir: 
     (out / name).mkdir(parents=True, exist_ok=True)
     (out / name / BEST_FILE).write_text(json.dumps(record, indent=2))
     (out / name / TRIALS_FILE).write_text(json.dumps(trials, indent=2))
-    log.info("tune: %s: best %s = %.4f with %s (trial %s, epoch %s) -> %s", name, t.metric, best["best_metric"],
+    log.info("tune: %s: best %s = %.4f with %s (trial %s, epoch %s) -> %s", name, metric, best["best_metric"],
              best["label"], best["trial_id"], best["best_epoch"], dest)
     return record, trials
 
@@ -273,12 +277,14 @@ def _fit_sweep(cfg: PipelineConfig, job: AdaptJob, kinds: dict, scaling: Scaling
         tuner = tune.Tuner(
             trainable,
             param_space={"point": tune.grid_search(pts)},
-            tune_config=tune.TuneConfig(metric=t.metric, mode="max", num_samples=1, scheduler=scheduler,
+            tune_config=tune.TuneConfig(metric=job.select_metric, mode=_mode(job.select_metric), num_samples=1,
+                                        scheduler=scheduler,
                                         max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=exp_name, storage_path=str(storage), verbose=1,
                                       callbacks=[free_stopped_trial_workers(), seal_callback(seal),
                                                  tune_callback(task(f"tune/{job.task}", len(pts),
-                                                                    f"tune {job.task} (trials)"), t.metric)]),
+                                                                    f"tune {job.task} (trials)"),
+                                                               job.select_metric)]),
         )
     seal.record()  # tuner.pkl, written by the Tuner just now
     before = _placement_groups()
@@ -382,7 +388,13 @@ def _remove_leftover_placement_groups(before: set[str]) -> None:
         remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
 
 
-def _summarise(grid, metric: str, task: str) -> list[dict[str, Any]]:
+def _mode(metric: str) -> str:
+    from modpipe.evaluate.problems import higher_is_better
+
+    return "max" if higher_is_better(metric) else "min"
+
+
+def _summarise(grid, metric: str, task: str, sign: float = 1.0) -> list[dict[str, Any]]:
     """Per trial: its point, status, epochs run, best metric and its epoch (ties: the later epoch, as the module's
     epoch is picked), from every reported result."""
     trials = []
@@ -393,7 +405,7 @@ def _summarise(grid, metric: str, task: str) -> list[dict[str, Any]]:
         if df is not None and metric in df.columns and len(df):
             scored = [(float(s), int(e)) for s, e in zip(df[metric], df["epoch"]) if math.isfinite(float(s))]
             if scored:
-                best_metric, best_epoch = max(scored)
+                best_metric, best_epoch = max(scored, key=lambda se: (sign * se[0], se[1]))
             epochs_run = int(df["epoch"].max())
         point = result.config["point"]
         trials.append({

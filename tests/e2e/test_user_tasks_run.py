@@ -1,8 +1,9 @@
 """A run with only user tasks and a user corpus, no man pages: every DAG step on the smoke recipe's sizes.
 
-Three tasks from files: a JSONL task split by hash (with bad rows), a Parquet task with given splits, and a task
-with a single label. The first two train, are evaluated beside their classical baselines and are registered; the
-third fails on its own with a clear error and the run ends failed for it."""
+Five tasks from files: a JSONL task split by hash (with bad rows), a Parquet task with given splits, a multilabel
+JSONL task (which modules a source file imports), a regression CSV task (the log of a file's size, judged by RMSE,
+lower is better) and a task with a single label. The first four train, are evaluated beside their classical
+baselines and are registered; the last fails on its own with a clear error and the run ends failed for it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sysconfig
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.csv  # noqa: F401 - pa.csv
 import pyarrow.parquet as pq
 import pytest
 
@@ -21,7 +23,8 @@ from modpipe.steps import dag_targets
 from run_helpers import SMOKE
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-from test_user_tasks import stdlib_examples, write_jsonl  # noqa: E402 - the unit tests' real-text examples
+from test_problems import code_examples  # noqa: E402 - the unit tests' real-text examples
+from test_user_tasks import stdlib_examples, write_jsonl  # noqa: E402
 
 pytestmark = [pytest.mark.slow]
 
@@ -46,14 +49,22 @@ def test_a_run_with_only_user_tasks(ray_local, tmp_path):
     given = [{**r, "split": ("test", "val", "train", "train", "train")[i % 5]} for i, r in enumerate(rows)]
     pq.write_table(pa.Table.from_pylist(given), tmp_path / "given.parquet")
     single = write_jsonl(tmp_path / "single.jsonl", [{**r, "label": "one"} for r in rows])
+    code = code_examples()
+    imports = write_jsonl(tmp_path / "imports.jsonl", code)
+    size = tmp_path / "size.csv"
+    pa.csv.write_csv(pa.Table.from_pylist([{"id": r["id"], "text": r["text"], "log_size": r["log_size"]}
+                                           for r in code]), size)
     specs = (f"[{{name: code_pkg, source: files, path: '{hashed}', slice_fields: [file]}}, "
              f"{{name: code_given, source: files, path: '{tmp_path / 'given.parquet'}', split_field: split}}, "
+             f"{{name: code_imports, source: files, path: '{imports}', problem: multilabel, label_field: imports}}, "
+             f"{{name: code_size, source: files, path: '{size}', problem: regression, label_field: log_size}}, "
              f"{{name: one_label, source: files, path: '{single}'}}]")
     run_dir = tmp_path / "run"
     cfg = load_config(SMOKE, [f"run_dir={run_dir}", "corpus.source=files", f"corpus.paths=['{corpus}']",
                               "corpus.man_root=/nonexistent", f"tasks.specs={specs}",
                               "tasks.min_examples_per_label=4", "tasks.min_chars=20",
-                              "tune.tasks=[code_pkg]", "tune.num_samples=1"])
+                              "tune.tasks=[code_pkg, code_size]", "tune.num_samples=1",
+                              "publish.task_metrics={code_size: {metric: test_rmse, direction: lower, threshold: 5}}"])
     with pytest.raises(pipeline.TaskDataError, match="one_label.*a classifier needs two"):
         pipeline.run(cfg, dag_targets())  # what `modpipe run` runs
 
@@ -63,11 +74,26 @@ def test_a_run_with_only_user_tasks(ray_local, tmp_path):
                                       "shift", "tune", "publish"]
     assert all(s["state"] == "succeeded" for s in summary["steps"].values())
     assert not list(run_dir.glob("raw/man-*"))  # no man page was read
-    assert set(summary["adapt"]["modules"]) == {"code_pkg", "code_given"}
-    registered = {r["task"] for r in summary["publish"]["registered"]}
-    assert registered == {"code_pkg", "code_given"}
+    trained = {"code_pkg", "code_given", "code_imports", "code_size"}
+    assert set(summary["adapt"]["modules"]) == trained
+    registered = {r["task"]: r for r in summary["publish"]["registered"]}
+    assert set(registered) == trained
     baselines = json.loads(Path(summary["baseline"]["baselines"]).read_text())
-    assert {"code_pkg", "code_given"} <= set(baselines)
+    assert trained <= set(baselines)
+
+    # multilabel: its metrics, a decision threshold chosen on val and stored with the module, the default rule
+    ml = json.loads((Path(summary["adapt"]["modules"]["code_imports"]) / "metrics.json").read_text())
+    assert {"test_micro_f1", "test_macro_f1", "test_map", "test_label_f1", "decision_threshold"} <= set(ml)
+    manifest = json.loads((Path(summary["adapt"]["modules"]["code_imports"]) / "module.json").read_text())
+    assert manifest["problem"] == "multilabel" and manifest["decision_threshold"] == ml["decision_threshold"]
+    assert list(registered["code_imports"]["metric"]) == ["test_macro_f1"]
+    # regression: RMSE / MAE / Spearman, judged by RMSE (lower is better) against ridge on the same rows
+    rg = json.loads((Path(summary["adapt"]["modules"]["code_size"]) / "metrics.json").read_text())
+    assert {"test_rmse", "test_mae", "test_spearman"} <= set(rg) and rg["selected_by"] == "val_rmse"
+    assert list(registered["code_size"]["metric"]) == ["test_rmse"]
+    assert registered["code_size"]["baseline"]["metric"] == "test_rmse"
+    assert registered["code_size"]["baseline"]["baseline"] == pytest.approx(baselines["code_size"]["tfidf_lr"]["test_rmse"])
+    assert set(summary["tune"]["best_metric"]) == {"code_pkg", "code_size"}
     metrics = json.loads((Path(summary["adapt"]["modules"]["code_pkg"]) / "metrics.json").read_text())
     assert set(metrics["test_slices"]) == {"length", "file"}
     assert sum(s["n"] for s in metrics["test_slices"]["file"].values()) == metrics["n_test"]
