@@ -107,8 +107,7 @@ def _top_tokens(curate_dir: Path, manifest: dict, tokenizer: Path, k: int) -> li
         for batch in pq.ParquetFile(curate_dir / shard["path"]).iter_batches(columns=["input_ids"]):
             ids = pc.list_flatten(batch.column(0)).to_numpy(zero_copy_only=False)
             counts += np.bincount(ids, minlength=counts.size)[: counts.size]
-    special = [i for i in range(counts.size) if tok.id_to_token(i) in {t.content for t in
-                                                                       tok.get_added_tokens_decoder().values()}]
+    special = [i for i in tok.get_added_tokens_decoder() if i < counts.size]  # ids of <pad>, <eos>, ...
     counts[special] = 0
     total = int(counts.sum())
     top = np.argsort(-counts, kind="stable")[:k]
