@@ -241,13 +241,36 @@ class PretrainConfig(_Section):
         return v
 
 
+def _rule_direction(data: Any, metric_key: str) -> Any:
+    """A rule's ``direction`` where it is not given: its metric's own (``test_rmse``, ``test_mae``, ``test_ece``:
+    lower is better). A direction against a known metric's own is refused: it would pass the worse modules."""
+    from modpipe.evaluate.problems import BY_NAME, higher_is_better
+
+    metric = data.get(metric_key, "test_macro_f1") if isinstance(data, dict) else None
+    if not isinstance(metric, str):
+        return data
+    own = "higher" if higher_is_better(metric) else "lower"
+    given = data.get("direction")
+    if given is None:
+        return {**data, "direction": own}
+    if given != own and metric.removeprefix("test_") in {m for p in BY_NAME.values() for m in p.metrics}:
+        raise ValueError(f"{metric} is better {own}; direction {given!r} would pass the worse modules")
+    return data
+
+
 class TaskMetric(_Section):
     """How one task's modules are judged: a key of the measured test metrics, which way is better, the bar."""
 
     metric: str = "test_macro_f1"
     direction: Literal["higher", "lower"] = "higher"
+    """Not given: the metric's own (lower for ``test_rmse``, ``test_mae``, ``test_ece``)."""
     threshold: float = 0.2
     """higher: the metric must be >= threshold; lower: <= threshold."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _direction(cls, data: Any) -> Any:
+        return _rule_direction(data, "metric")
 
 
 _RESERVED_ALIASES = ("latest",)
@@ -295,7 +318,8 @@ class PublishConfig(_Section):
     the task; a task whose problem does not measure it is judged by its problem's gate metric (macro-F1;
     regression: Spearman)."""
     direction: Literal["higher", "lower"] = "higher"
-    """Which way ``metric`` is better."""
+    """Which way ``metric`` is better (not given: the metric's own, lower for ``test_rmse``, ``test_mae``,
+    ``test_ece``)."""
     min_metric: float = 0.2
     """The bar for ``metric``: >= it when higher is better, <= it when lower is better."""
     task_metrics: dict[str, TaskMetric] = {}
@@ -330,6 +354,11 @@ class PublishConfig(_Section):
     """Alias of a passing candidate that is not better than the champion."""
     cache_dir: str | None = unversioned(None)
     """Where registry artifacts are downloaded and verified before loading (None: <run_dir>/registry/cache)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _direction(cls, data: Any) -> Any:
+        return _rule_direction(data, "metric")
 
     @field_validator("model_prefix")
     @classmethod
@@ -460,6 +489,22 @@ class PipelineConfig(_Section):
         model = data.get("model") or {}
         explicit = model.model_dump(exclude_unset=True) if isinstance(model, ModelConfig) else dict(model)
         return {**data, "model": model_section(init_from, explicit)}
+
+    @model_validator(mode="after")
+    def _task_metrics_of_the_problem(self) -> PipelineConfig:
+        """A ``publish.task_metrics`` rule names a metric its task's problem measures (a regression task has no
+        ``test_macro_f1``: every module of it would be refused, after training)."""
+        from modpipe.evaluate.problems import BY_NAME, get
+
+        known = {m for p in BY_NAME.values() for m in p.metrics}
+        for spec in self.tasks.specs:
+            rule = self.publish.task_metrics.get(spec.name)
+            name = rule.metric.removeprefix("test_") if rule is not None else None
+            if name in known and name not in get(spec.problem).metrics:
+                raise ValueError(f"publish.task_metrics.{spec.name}: {rule.metric} is not measured for a "
+                                 f"{spec.problem} task (it measures "
+                                 f"{', '.join(f'test_{m}' for m in get(spec.problem).metrics)})")
+        return self
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

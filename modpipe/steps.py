@@ -64,7 +64,7 @@ class Step:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("curate", "modpipe.curate:run", ("seed", "corpus", "curate", "tasks"), (), code_version=4,
+    Step("curate", "modpipe.curate:run", ("seed", "corpus", "curate", "tasks"), (), code_version=5,
          external="modpipe.curate:source_digest",
          help="Harvest/read raw text, clean, dedup, filter, decontaminate, tokenize into shards."),
     Step("contracts", "modpipe.contracts:run", ("seed", "contracts"), ("curate",),

@@ -73,7 +73,8 @@ def _one_vs_rest(cfg: PipelineConfig, x, targets: list, k: int):
     def predict(xt):
         probs = np.tile(y.mean(0).astype(float), (xt.shape[0], 1))
         if clf is not None:
-            probs[:, varied] = clf.predict_proba(xt).reshape(xt.shape[0], -1)
+            # one varied label: scikit-learn fits it as a binary problem and returns (1 - p, p)
+            probs[:, varied] = clf.predict_proba(xt).reshape(xt.shape[0], -1)[:, -len(varied):]
         return probs
     return predict
 

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,10 @@ def _file_label(spec: TaskSpec, rec: dict) -> str | tuple[str, ...] | float | di
         if bad:
             return reject(*where, "bad_label", f"{spec.label_field!r} holds {bad[0]!r}; labels are non-blank "
                                                f"strings or integers")
+        joined = next((x for x in value if "|" in str(x)), None)
+        if joined is not None:
+            return reject(*where, "bad_label", f"{spec.label_field!r} holds {joined!r}; a label may not contain '|' "
+                                               f"(it joins a row's labels in the task's label column)")
         return tuple(sorted({str(x).strip() for x in value}))
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return reject(*where, "bad_label", f"{spec.label_field!r} is {type(value).__name__}, expected a string or "
@@ -75,16 +80,31 @@ def _file_label(spec: TaskSpec, rec: dict) -> str | tuple[str, ...] | float | di
     return str(value).strip()
 
 
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+"""A regression target written as text: a plain decimal number (``float`` alone would also read ``1_5`` as 15
+and non-ASCII digits)."""
+MAX_TARGET = 1e100
+"""Largest magnitude of a regression target: squared errors and sums of them must stay finite in float64 (above
+~1e154 the RMSE, the train std and the ridge baseline overflow to inf/NaN)."""
+
+
 def _number_label(spec: TaskSpec, value: Any, where: tuple) -> float | dict:
-    """A regression target: a finite number, or its text (a CSV cell)."""
+    """A regression target: a finite number of magnitude <= ``MAX_TARGET``, or its text (a CSV cell) as a plain
+    decimal number."""
     if isinstance(value, bool):
         return reject(*where, "bad_label", f"{spec.label_field!r} is a boolean, expected a number")
+    if isinstance(value, str) and not _DECIMAL.fullmatch(value.strip()):
+        return reject(*where, "bad_label", f"{spec.label_field!r} is {value[:40]!r}, expected a number (digits, "
+                                           f"one '.', an exponent; no thousands separator)")
     try:
         number = float(value.strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return reject(*where, "bad_label", f"{spec.label_field!r} is {str(value)[:40]!r}, expected a number")
     if not math.isfinite(number):
         return reject(*where, "bad_label", f"{spec.label_field!r} is {number}, expected a finite number")
+    if abs(number) > MAX_TARGET:
+        return reject(*where, "bad_label", f"{spec.label_field!r} is {number:g}, beyond +-{MAX_TARGET:g} (its "
+                                           f"squared error overflows)")
     return number
 
 

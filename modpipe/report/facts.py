@@ -251,14 +251,20 @@ def modules(summary: dict[str, Any], paths: RunPaths, pretrain_version: str | No
 def _baseline(out: dict[str, Any] | None, task: str, module_dir: Path,
               gated: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The baseline step's TF-IDF + LR (ridge for regression) on ``task`` (majority beside it) and module minus
-    baseline on the gate's metric (macro-F1 when the gate made no comparison), with its 95% paired-bootstrap
-    interval over the test rows both predicted: the publish gate's own comparison (``gated``, the numbers that
-    decided the alias) where it made one, else ``baseline.compare``."""
+    baseline on the gate's metric (when the gate made no comparison: the problem's default, macro-F1 or Spearman),
+    with its 95% paired-bootstrap interval over the test rows both predicted: the publish gate's own comparison
+    (``gated``, the numbers that decided the alias) where it made one, else ``baseline.compare``."""
     b = (read_json((out or {}).get("baselines")) or {}).get(task) or {}
     lr = b.get("tfidf_lr")
     if not lr:
         return None
-    metric = (gated or {}).get("metric") or "test_macro_f1"
+    from modpipe.evaluate.problems import get
+
+    try:
+        own = f"test_{get(b.get('problem')).gate_metric}"
+    except ValueError:
+        own = "test_macro_f1"
+    metric = (gated or {}).get("metric") or own  # no gate comparison: the problem's default rule's metric
     row = {"name": "TF-IDF + ridge" if b.get("problem") == "regression" else "TF-IDF + LR", "metric": metric,
            "value": lr.get(metric), "test_accuracy": lr.get("test_accuracy"), "test_macro_f1": lr.get("test_macro_f1"),
            "majority_macro_f1": (b.get("majority") or {}).get("test_macro_f1"), "delta": None}
