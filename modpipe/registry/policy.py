@@ -395,7 +395,10 @@ def _quality(v: Verdict, root: Path, backbone: str | Path | None, task_dir: str 
               if v.recorded else "no measurement and no metrics.json")
     value = v.value
     if value is None:
-        v.add("quality", "metric", False, f"no numeric {rules.metric}")
+        why = "" if rules.metric not in v.measured else \
+            " (undefined on this test split: its target is constant)" if rules.metric == "test_spearman" else \
+            f" (measured as {v.measured[rules.metric]!r})"
+        v.add("quality", "metric", False, f"no numeric {rules.metric}{why}")
     else:
         op = ">=" if rules.direction == "higher" else "<="
         v.add("quality", "metric", rules.passes(value), f"{rules.metric}={value:.4f} {op} {rules.threshold} "

@@ -135,3 +135,18 @@ def test_the_report_compares_a_regression_module_with_its_baseline_on_its_own_me
     assert row["value"] == json.loads((tmp_path / "out" / "baselines.json").read_text())["y"]["tfidf_lr"][
         "test_spearman"]
     assert row["delta"] is not None and row["delta"]["delta"] == 0.0  # the same predictions
+
+
+def test_the_gate_says_why_a_regression_module_has_no_spearman(tmp_path):
+    """A test split whose target is constant (given splits) has no Spearman: the default rule refuses the module
+    and says why rather than only "no numeric test_spearman"."""
+    from modpipe.registry.policy import Rules, check
+
+    module = tmp_path / "module"
+    module.mkdir()
+    (module / "metrics.json").write_text(json.dumps({"test_rmse": 1.5, "test_mae": 1.2, "test_spearman": None}))
+    v = check(module, None, Rules(metric="test_spearman", threshold=0.3, max_ece=None))
+    field = next(f for f in v.fields if f.name == "metric")
+    assert not field.ok and "undefined on this test split: its target is constant" in field.detail
+    v = check(module, None, Rules(metric="test_rmse", direction="lower", threshold=2.0, max_ece=None))
+    assert next(f for f in v.fields if f.name == "metric").ok and not v.passed  # no weights: refused anyway
