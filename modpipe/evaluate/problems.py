@@ -137,8 +137,8 @@ def activation(problem: Problem) -> str:
 def to_values(problem: Problem, scores: np.ndarray, scale: dict[str, float] | None) -> np.ndarray:
     """Scores in the target's units: regression outputs mapped back from the standardised scale."""
     if problem is REGRESSION:
-        return np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)[:, 0] * scale["target_std"] \
-            + scale["target_mean"]
+        s = np.asarray(scores, dtype=np.float64)
+        return (s[:, 0] if s.ndim == 2 else s.reshape(-1)) * scale["target_std"] + scale["target_mean"]
     return np.asarray(scores)
 
 

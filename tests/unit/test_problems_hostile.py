@@ -150,3 +150,21 @@ def test_the_gate_says_why_a_regression_module_has_no_spearman(tmp_path):
     assert not field.ok and "undefined on this test split: its target is constant" in field.detail
     v = check(module, None, Rules(metric="test_rmse", direction="lower", threshold=2.0, max_ece=None))
     assert next(f for f in v.fields if f.name == "metric").ok and not v.passed  # no weights: refused anyway
+
+
+def test_a_loaded_module_decides_an_empty_batch_and_each_problem(tmp_path):
+    """``LoadedModule.decide`` of no rows is no predictions (a regression module raised on reshaping 0 rows)."""
+    from types import SimpleNamespace
+
+    from modpipe.registry.load import LoadedModule
+
+    def loaded(labels, manifest):
+        return LoadedModule("m", "1", labels, 64, SimpleNamespace(modpipe_manifest=manifest), None, None, "d",
+                            tmp_path, tmp_path)
+
+    reg = loaded(["y"], {"problem": "regression", "target_scale": {"target_mean": 10.0, "target_std": 2.0}})
+    assert reg.decide(np.zeros((0, 1), np.float32)) == []
+    assert reg.decide(np.array([[0.5], [-1.0]], np.float32)) == [11.0, 8.0]
+    ml = loaded(["a", "b", "c"], {"problem": "multilabel", "decision_threshold": 0.35})
+    assert ml.decide(np.zeros((0, 3), np.float32)) == []
+    assert ml.decide(np.array([[0.5, 0.1, 0.35], [0.0, 0.0, 0.0]], np.float32)) == [["a", "c"], []]
