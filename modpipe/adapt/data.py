@@ -165,7 +165,8 @@ def load_task(tasks_dir: str | Path, name: str) -> Task:
 
 def stratified_subset(split: Split, fraction: float, seed: int) -> Split:
     """A seeded, label-stratified ``fraction`` of a split (``ceil(fraction * n_label)`` rows of each label, at
-    least one), rows kept in file order; ``fraction`` 1 returns the split itself."""
+    least one; multilabel: by each row's rarest label), rows kept in file order; ``fraction`` 1 returns the split
+    itself."""
     import math
 
     import numpy as np
@@ -174,10 +175,15 @@ def stratified_subset(split: Split, fraction: float, seed: int) -> Split:
         return split
     if not 0.0 < fraction:
         raise ValueError(f"train fraction must be in (0, 1], got {fraction}")
+    from collections import Counter
+
     rng = np.random.default_rng([seed, 7919])
     keep: list[int] = []
-    # strata: the class id; a label set as a tuple; a regression target is one stratum (no classes to keep)
-    strata = [y if isinstance(y, int) else tuple(y) if isinstance(y, list) else 0 for y in split.targets]
+    # strata: the class id; a label set's rarest label (-1: no label; one stratum per label set would keep one row
+    # of each of hundreds of sets whatever the fraction); a regression target is one stratum (no classes to keep)
+    counts = Counter(i for y in split.targets if isinstance(y, list) for i in y)
+    strata = [y if isinstance(y, int) else min(y, key=lambda i: (counts[i], i), default=-1) if isinstance(y, list)
+              else 0 for y in split.targets]
     for label in sorted(set(strata)):
         rows = [i for i, y in enumerate(strata) if y == label]
         take = max(1, math.ceil(fraction * len(rows)))

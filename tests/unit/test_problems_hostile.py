@@ -168,3 +168,20 @@ def test_a_loaded_module_decides_an_empty_batch_and_each_problem(tmp_path):
     ml = loaded(["a", "b", "c"], {"problem": "multilabel", "decision_threshold": 0.35})
     assert ml.decide(np.zeros((0, 3), np.float32)) == []
     assert ml.decide(np.array([[0.5, 0.1, 0.35], [0.0, 0.0, 0.0]], np.float32)) == [["a", "c"], []]
+
+
+def test_a_multilabel_train_fraction_is_near_the_fraction_and_keeps_every_label():
+    """Stratified by the whole label set, 10% of 65 rows with 28 distinct sets kept 30 rows (46%)."""
+    from modpipe.adapt.data import Split, stratified_subset
+    from test_problems import IMPORTS
+
+    rows = code_examples()
+    index = {m: i for i, m in enumerate(IMPORTS)}
+    split = Split([r["id"] for r in rows], [r["text"] for r in rows], [[index[m] for m in r["imports"]] for r in rows])
+    held = {i for t in split.targets for i in t}
+    for fraction in (0.1, 0.25, 0.5):
+        sub = stratified_subset(split, fraction, 0)
+        assert len(sub) <= fraction * len(split) + len(held) + 1
+        assert {i for t in sub.targets for i in t} == held  # every label the split holds is still held
+        assert sub.ids == [i for i in split.ids if i in set(sub.ids)]  # file order
+    assert stratified_subset(split, 1.0, 0) is split
