@@ -76,8 +76,9 @@ class _Predictor:
         m = self.loaded
         probs = m.predict_proba(list(batch["text"]), self.batch_size)  # (B, K)
         n = len(batch["id"])
-        # the label as text: a class; a multilabel set joined by "|"; a regression value
-        labels = ["|".join(x) if isinstance(x, list) else x if isinstance(x, str) else f"{x:.6g}"
+        # the label as text: a class; a multilabel set joined by "|"; a regression value in full (``repr``: the
+        # float back exactly; the probabilities column holds the standardised score, not the value)
+        labels = ["|".join(x) if isinstance(x, list) else x if isinstance(x, str) else repr(float(x))
                   for x in m.decide(probs)]
         return {"id": batch["id"], "label": np.array(labels, dtype=object),
                 "probabilities": [row.astype("float32") for row in probs],

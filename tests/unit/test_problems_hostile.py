@@ -185,3 +185,22 @@ def test_a_multilabel_train_fraction_is_near_the_fraction_and_keeps_every_label(
         assert {i for t in sub.targets for i in t} == held  # every label the split holds is still held
         assert sub.ids == [i for i in split.ids if i in set(sub.ids)]  # file order
     assert stratified_subset(split, 1.0, 0) is split
+
+
+def test_predict_writes_a_regression_value_in_full():
+    """The ``label`` column held the value to 6 significant digits (1234567.89 -> "1.23457e+06") and nothing else
+    in the output holds it (``probabilities`` is the standardised score)."""
+    from types import SimpleNamespace
+
+    from modpipe.predict import _Predictor
+    from modpipe.registry.load import LoadedModule
+
+    scale = {"target_mean": 1234000.0, "target_std": 1000.0}
+    model = SimpleNamespace(modpipe_manifest={"problem": "regression", "target_scale": scale})
+    m = LoadedModule("m", "1", ["price"], 64, model, None, None, "d", None, None)
+    m.predict_proba = lambda texts, batch_size: np.array([[0.56789], [-3.0]], dtype=np.float64)
+    p = _Predictor.__new__(_Predictor)
+    p.loaded, p.batch_size = m, 2
+    out = p({"id": np.array(["a", "b"]), "text": np.array(["x", "y"]), "source": np.array(["f", "f"]),
+             "line": np.array([1, 2])})
+    assert [float(v) for v in out["label"]] == [1234567.89, 1231000.0]
