@@ -13,13 +13,13 @@ Two measurements, each in a fresh process per rank, one after the other:
 - **data** (default): what a rank's data path holds. ``streamed``: ``modpipe.pretrain.data.ShardStream`` (what the
   pretrain stage reads with: the rank's own row-group pieces, one at a time) yields ``--batches`` micro-batches of
   ``pretrain.micro_batch_size``; ``in-memory``: the former path, ``read_rank_rows`` (the rank's whole share) +
-  ``BatchStream``, the same number of batches. Reports peak RSS (``ru_maxrss``) and its growth over the RSS after
+  ``BatchStream``, the same number of batches. Reports peak RSS (``VmHWM``) and its growth over the RSS after
   the imports, per rank.
 - **stage** (``--stage``): ``modpipe.pretrain.train`` itself for ``--steps`` steps (``--world`` Ray Train CPU
   workers, DeepSpeed as configured); the peak RSS of each Ray Train worker process, sampled every 0.1 s with psutil.
 
 Prints a table and ``ratio 4x / 1x`` of the peak per rank (goal for the streamed path: ~1, i.e. independent of the
-corpus); writes ``benchmarks/results/pretrain_memory-<UTC time>.json``. Not yet run at full size.
+corpus); writes ``benchmarks/results/pretrain_memory-<UTC time>.json``.
 """
 
 from __future__ import annotations
@@ -95,9 +95,13 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's own peak RSS: ``VmHWM`` of /proc/self/status (Linux). Not ``ru_maxrss``: a child inherits its
+    parent's high-water mark through fork and keeps it across exec, so after the stage arm every data arm would
+    report the driver's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def _data_rank(arm: str, manifest_path: str, rank: int, world: int, batch: int, batches: int, seed: int,
