@@ -6,8 +6,8 @@
 - ``languages``: each language's share of the documents (the language filter's ``lang`` column; None when the
   filter did not run);
 - ``tasks``: per task under curate's tasks dir, its example count, example lengths in characters and, when its
-  splits hold a string ``label`` column, each label's share of the examples (all splits together; other problem
-  kinds are profiled without label shares);
+  splits hold a string ``label`` column, each label's share of the examples (all splits together; multilabel: the
+  share of the examples holding each label; regression tasks have no label shares);
 - ``top_tokens``: the most frequent tokens of the token shards as strings (ids differ between tokenizers).
 
 A distribution is kept as its own quantile bin edges (used when this profile becomes the reference) and at most
@@ -18,6 +18,7 @@ these edges.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,16 @@ def shares(values: list[str]) -> dict[str, float]:
 
 
 def _task(task_dir: Path, cfg: DriftConfig) -> dict[str, Any]:
-    """One task's example count, example lengths and (string labels only) label shares over all its splits."""
+    """One task's example count, example lengths and label shares over all its splits: each label's share of the
+    examples (multilabel: of the examples holding it; regression tasks have no labels to share)."""
+    from modpipe.evaluate.problems import read_problem
+
+    try:
+        problem = read_problem(task_dir)["problem"]
+    except ValueError:
+        problem = None  # an unreadable problem.json: the task's contract says so; no label shares here
     lengths, labels = [], []
-    string_labels = True
+    string_labels = problem in ("classification", "multilabel")
     for split in (task_dir / f"{name}.parquet" for name in SPLITS):
         if not split.is_file():
             continue
@@ -93,8 +101,12 @@ def _task(task_dir: Path, cfg: DriftConfig) -> dict[str, Any]:
         if string_labels:
             labels.extend(table.column("label").to_pylist())
     chars = np.concatenate(lengths) if lengths else np.zeros(0)
-    return {"examples": int(chars.size), "example_chars": distribution(chars, cfg),
-            "label_shares": shares(labels) if string_labels and labels else None}
+    if problem == "multilabel" and string_labels and labels:
+        held = [lab for row in labels for lab in set((row or "").split("|")) if lab]
+        label_shares = {lab: n / len(labels) for lab, n in sorted(Counter(held).items())}
+    else:
+        label_shares = shares(labels) if string_labels and labels else None
+    return {"examples": int(chars.size), "example_chars": distribution(chars, cfg), "label_shares": label_shares}
 
 
 def _top_tokens(curate_dir: Path, manifest: dict, tokenizer: Path, k: int) -> list[list]:

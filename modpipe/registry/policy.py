@@ -440,7 +440,6 @@ def _reproduces(v: Verdict, root: Path) -> None:
     agreement = None
     if preds.is_file():
         import numpy as np
-        import pyarrow.parquet as pq
 
         try:
             from modpipe.evaluate.scoring import read_predictions

@@ -196,3 +196,12 @@ def test_baselines_of_multilabel_and_regression_tasks_and_the_lower_is_better_bo
     assert vs_mean["baseline"] == pytest.approx(size["majority"]["test_rmse"])
     with pytest.raises(ValueError, match="no paired bootstrap for 'test_macro_f1' on a regression task"):
         compare(d / "tfidf_lr.parquet", d / "majority.parquet", metric="test_macro_f1")
+
+    # the drift profile: a multilabel task's label shares are the share of examples holding each label; a
+    # regression task's values are not labels
+    from modpipe.drift.profile import _task
+
+    rows_ml = [r for s in tk.SPLITS for r in built.tasks[0].splits[s]]
+    want = {lab: sum(lab in r["label"].split("|") for r in rows_ml) / len(rows_ml) for lab in built.tasks[0].labels}
+    assert _task(tmp_path / "tasks" / "imports", cfg.drift)["label_shares"] == pytest.approx(want)
+    assert _task(tmp_path / "tasks" / "size", cfg.drift)["label_shares"] is None
