@@ -154,10 +154,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     from modpipe.adapt.data import read_split, stratified_subset
     from modpipe.adapt.gradflow import GradProfiler
-    from modpipe.adapt.resume import load_optimizer, load_rng
     from modpipe.evaluate import peak_memory_mb
     from modpipe.models.fingerprint import check_backbone_dir
-    from modpipe.models.modules import get_method, load_weights
+    from modpipe.models.modules import get_method
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -177,34 +176,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
              world)
 
     # ---------------------------------------------------------------- model
-    policy = job.freeze
-    t = build_trainable(backbone, num_labels, job.module, job.head, policy, seed)
-    log.info("model: %s module + %s head, freeze %s (%d backbone weights may train%s), lr decay %g, "
-             "checkpointing %s; %d trainable at start / %d backbone parameters",
-             job.method, job.head, policy.policy, len(t.opened),
-             f", one more block every {policy.unfreeze_every} steps" if t.unfreezer else "",
-             policy.layer_lr_decay, "on" if policy.gradient_checkpointing else "off",
-             t.trainable_params(0), t.backbone_params)
+    t = _build_logged(job, log)
     model = ray.train.torch.prepare_model(t.model)  # to device; DDP when world > 1
     core = model.module if isinstance(model, DistributedDataParallel) else model
 
     # ---------------------------------------------------------------- optimizer
-    opt = make_optimizer(t, job.lr, job.weight_decay, policy.layer_lr_decay)
+    opt = make_optimizer(t, job.lr, job.weight_decay, job.freeze.layer_lr_decay)
     # gradient-flow profile (rank 0 writes the run state; DDP gives every rank the same gradients)
     profiler = GradProfiler(core.named_parameters(), job.grad_profile_every) \
         if rank == 0 and job.grad_profile_every > 0 else None
 
     # ---------------------------------------------------------------- resume
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "started_at": started}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as ckpt:
-            load_weights(core, job.method, Path(ckpt, ADAPTER_DIR))
-            load_optimizer(opt, Path(ckpt), device)
-            state = {"step": 0, **json.loads(Path(ckpt, STATE_FILE).read_text())}
-            rng = load_rng(Path(ckpt), rank, device)  # last: nothing may draw from the generators after this
-        log.info("resumed after epoch %d (step %d)%s", state["epoch"], state["step"],
-                 "" if rng else "; the checkpoint has no RNG state, dropout draws differ from an uninterrupted run")
+    state = _resume(core, opt, job.method, rank, device, started, log)
 
     # ---------------------------------------------------------------- epochs
     batches = Batches(job, tokenizer, padding_side, device, rank, world, distributed)
@@ -226,6 +209,40 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             profiler.flush(state)  # the epoch's gradient norms into the run state the checkpoint carries
         _report(core, t, opt, state, metrics, rank, device)
     return {"epochs": state["epoch"], "trainable_params": t.trainable_params(state["step"])}
+
+
+def _build_logged(job: AdaptJob, log) -> Trainable:
+    """``build_trainable`` for the job, with one log line saying what trains."""
+    policy = job.freeze
+    t = build_trainable(job.backbone, job.num_labels, job.module, job.head, policy, job.seed)
+    log.info("model: %s module + %s head, freeze %s (%d backbone weights may train%s), lr decay %g, "
+             "checkpointing %s; %d trainable at start / %d backbone parameters",
+             job.method, job.head, policy.policy, len(t.opened),
+             f", one more block every {policy.unfreeze_every} steps" if t.unfreezer else "",
+             policy.layer_lr_decay, "on" if policy.gradient_checkpointing else "off",
+             t.trainable_params(0), t.backbone_params)
+    return t
+
+
+def _resume(core, opt, method: str, rank: int, device, started: float, log) -> dict[str, Any]:
+    """The run state: fresh, or (Ray Train handed this worker a checkpoint) the module's weights, the optimizer, the
+    run state and this rank's RNG state as they were after the latest reported epoch."""
+    import ray.train
+
+    from modpipe.adapt.resume import load_optimizer, load_rng
+    from modpipe.models.modules import load_weights
+
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "started_at": started}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt:
+            load_weights(core, method, Path(ckpt, ADAPTER_DIR))
+            load_optimizer(opt, Path(ckpt), device)
+            state = {"step": 0, **json.loads(Path(ckpt, STATE_FILE).read_text())}
+            rng = load_rng(Path(ckpt), rank, device)  # last: nothing may draw from the generators after this
+        log.info("resumed after epoch %d (step %d)%s", state["epoch"], state["step"],
+                 "" if rng else "; the checkpoint has no RNG state, dropout draws differ from an uninterrupted run")
+    return state
 
 
 @dataclass

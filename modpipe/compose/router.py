@@ -70,7 +70,6 @@ def train_router(backbone: str, module_dirs: dict[str, str], task_dir: str | Pat
     metrics) under ``out_dir`` and returns the metrics (keys as a module's metrics.json)."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
     from safetensors.torch import save_file
 
     from modpipe.adapt.data import load_task
@@ -95,6 +94,49 @@ def train_router(backbone: str, module_dirs: dict[str, str], task_dir: str | Pat
 
     torch.manual_seed(seed)
     router = fusion_router(model.hidden, len(sources), len(task.labels))
+    best_epoch, history = _fit_router(router, feats, labels, epochs, lr, batch_size, seed, select_metric)
+    n = len(labels["train"])
+    with torch.no_grad():
+        test_logits, attention = router(*feats["test"])
+    probs = torch.softmax(test_logits, -1).numpy()
+    seconds = time.time() - t0
+    trainable = sum(p.numel() for p in router.parameters())
+    backbone_params = sum(p.numel() for n_, p in model.base.named_parameters() if "lora_" not in n_)
+    metrics = {
+        **classification_metrics(labels["test"], probs.argmax(-1).tolist(), "test_", probs=probs),
+        **{k: v for k, v in history[best_epoch - 1].items() if k.startswith("val_")},
+        "best_epoch": best_epoch, "method": "router", "head": "linear", "freeze_policy": "frozen",
+        "sources": sources, "mean_attention": dict(zip(sources, np.round(attention.mean(0).numpy(), 4).tolist())),
+        "trainable_params": trainable, "total_params": backbone_params + trainable,
+        "trainable_pct": round(100.0 * trainable / backbone_params, 4), "train_seconds": round(seconds, 3),
+        "n_train": n, "train_fraction": train_fraction, "history": history,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in router.state_dict().items()}, str(out / ROUTER_WEIGHTS))
+    (out / ROUTER_FILE).write_text(json.dumps({
+        "task": task.name, "labels": task.labels, "backbone_fingerprint": read_backbone_fingerprint(backbone),
+        "sources": {s: {"dir": str(module_dirs[s]), "module_json_sha256": sha256_file(Path(module_dirs[s],
+                                                                                         "module.json"))}
+                    for s in sources},
+        "hidden_size": model.hidden, "epochs": epochs, "lr": lr, "seed": seed, "data_digests": task.digests,
+        "metrics": metrics, "versions": library_versions(),
+        "files": {ROUTER_WEIGHTS: sha256_file(out / ROUTER_WEIGHTS)},
+    }, indent=2))
+    log.info("router %s over %s: test macro-F1 %.3f (epoch %d) in %.1f s", task.name, sources,
+             metrics["test_macro_f1"], best_epoch, seconds)
+    return metrics
+
+
+def _fit_router(router, feats: dict, labels: dict, epochs: int, lr: float, batch_size: int, seed: int,
+                select_metric: str) -> tuple[int, list[dict[str, Any]]]:
+    """Train ``router`` on the train features; keep (load back) the epoch with the best ``select_metric`` on val.
+    Returns (that epoch, the per-epoch val metrics); the router is left in eval mode."""
+    import torch
+    import torch.nn.functional as F
+
+    from modpipe.evaluate import classification_metrics
+
     opt = torch.optim.AdamW(router.parameters(), lr=lr)
     y_train = torch.tensor(labels["train"])
     n = len(y_train)
@@ -120,36 +162,7 @@ def train_router(backbone: str, module_dirs: dict[str, str], task_dir: str | Pat
     assert best is not None
     router.load_state_dict(best[2])
     router.eval()
-    with torch.no_grad():
-        test_logits, attention = router(*feats["test"])
-    probs = torch.softmax(test_logits, -1).numpy()
-    seconds = time.time() - t0
-    trainable = sum(p.numel() for p in router.parameters())
-    backbone_params = sum(p.numel() for n_, p in model.base.named_parameters() if "lora_" not in n_)
-    metrics = {
-        **classification_metrics(labels["test"], probs.argmax(-1).tolist(), "test_", probs=probs),
-        **{k: v for k, v in history[best[1] - 1].items() if k.startswith("val_")},
-        "best_epoch": best[1], "method": "router", "head": "linear", "freeze_policy": "frozen",
-        "sources": sources, "mean_attention": dict(zip(sources, np.round(attention.mean(0).numpy(), 4).tolist())),
-        "trainable_params": trainable, "total_params": backbone_params + trainable,
-        "trainable_pct": round(100.0 * trainable / backbone_params, 4), "train_seconds": round(seconds, 3),
-        "n_train": n, "train_fraction": train_fraction, "history": history,
-    }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in router.state_dict().items()}, str(out / ROUTER_WEIGHTS))
-    (out / ROUTER_FILE).write_text(json.dumps({
-        "task": task.name, "labels": task.labels, "backbone_fingerprint": read_backbone_fingerprint(backbone),
-        "sources": {s: {"dir": str(module_dirs[s]), "module_json_sha256": sha256_file(Path(module_dirs[s],
-                                                                                         "module.json"))}
-                    for s in sources},
-        "hidden_size": model.hidden, "epochs": epochs, "lr": lr, "seed": seed, "data_digests": task.digests,
-        "metrics": metrics, "versions": library_versions(),
-        "files": {ROUTER_WEIGHTS: sha256_file(out / ROUTER_WEIGHTS)},
-    }, indent=2))
-    log.info("router %s over %s: test macro-F1 %.3f (epoch %d) in %.1f s", task.name, sources,
-             metrics["test_macro_f1"], best[1], seconds)
-    return metrics
+    return best[1], history
 
 
 def _subsample(label_ids: list[int], fraction: float, seed: int) -> list[int]:

@@ -68,7 +68,7 @@ def get(name: str | None) -> Problem:
         raise ValueError(f"unknown problem {name!r}; choose one of {', '.join(PROBLEMS)}") from None
 
 
-LOWER_IS_BETTER = ("rmse", "mae", "ece")
+LOWER_IS_BETTER = ("rmse", "mae", "ece", "max_slice_gap")
 
 
 def higher_is_better(metric: str) -> bool:
