@@ -244,7 +244,7 @@ class PretrainConfig(_Section):
 def _rule_direction(data: Any, metric_key: str) -> Any:
     """A rule's ``direction`` where it is not given: its metric's own (``test_rmse``, ``test_mae``, ``test_ece``:
     lower is better). A direction against a known metric's own is refused: it would pass the worse modules."""
-    from modpipe.evaluate.problems import BY_NAME, higher_is_better
+    from modpipe.config_problems import BY_NAME, higher_is_better
 
     metric = data.get(metric_key, "test_macro_f1") if isinstance(data, dict) else None
     if not isinstance(metric, str):
@@ -425,7 +425,7 @@ class PublishConfig(_Section):
         ``min_metric`` where the task's problem measures ``metric``; else the problem's own gate metric
         (``evaluate.problems``: regression is judged by Spearman's rank correlation, higher is better, against
         ``min_metric``: a bar that means the same whatever the target's units)."""
-        from modpipe.evaluate.problems import get
+        from modpipe.config_problems import get
 
         if task in self.task_metrics:
             return self.task_metrics[task]
@@ -494,7 +494,7 @@ class PipelineConfig(_Section):
     def _task_metrics_of_the_problem(self) -> PipelineConfig:
         """A ``publish.task_metrics`` rule names a metric its task's problem measures (a regression task has no
         ``test_macro_f1``: every module of it would be refused, after training)."""
-        from modpipe.evaluate.problems import BY_NAME, get
+        from modpipe.config_problems import BY_NAME, get
 
         known = {m for p in BY_NAME.values() for m in p.metrics}
         for spec in self.tasks.specs:

@@ -22,7 +22,7 @@ from modpipe.config import TaskSpec
 
 def multilabel_splits(spec: TaskSpec, unique: list[dict], min_per_label: int, t, dropped: dict, where: str,
                       n_rejects: int) -> tuple[list[str], dict[str, list[dict]], dict[str, Any]]:
-    from modpipe.curate.tasks import TaskDataError, hash_split
+    from modpipe.curate.task_splits import TaskDataError, hash_split
 
     counts = Counter(lab for row in unique for lab in row["label"])
     labels = sorted(lab for lab, n in counts.items() if n >= min_per_label)
@@ -43,7 +43,7 @@ def multilabel_splits(spec: TaskSpec, unique: list[dict], min_per_label: int, t,
 
 def regression_splits(spec: TaskSpec, unique: list[dict], min_per_label: int, t, dropped: dict, where: str,
                       n_rejects: int) -> tuple[list[str], dict[str, list[dict]], dict[str, Any]]:
-    from modpipe.curate.tasks import TaskDataError, hash_split
+    from modpipe.curate.task_splits import TaskDataError, hash_split
 
     if len(unique) < min_per_label:
         raise TaskDataError(f"{where}: {len(unique)} usable example(s); a regression task needs >= "

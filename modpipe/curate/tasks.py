@@ -23,7 +23,6 @@ val/test rows (id + text key) feed ``decontaminate.from_tasks``, the py_package 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -36,15 +35,10 @@ from typing import Any
 from modpipe.config import PipelineConfig, TaskSpec
 from modpipe.curate.normalize import normalize, text_key
 from modpipe.curate.readers import reject
+from modpipe.curate.task_splits import SPLITS, TaskDataError, doc_hash, hash_split  # noqa: F401 - re-exported
 from modpipe.evaluate.slices import SLICES_FILE, length_bucket
 
 log = logging.getLogger("modpipe.curate")
-
-SPLITS = ("train", "val", "test")
-
-
-class TaskDataError(ValueError):
-    """A task's data cannot make a task (one label, an empty split); the message says which and why."""
 
 
 def _file_label(spec: TaskSpec, rec: dict) -> str | tuple[str, ...] | float | dict:
@@ -129,10 +123,6 @@ def _label(kind: str, rec: dict) -> str | None:
         return rec.get("package")
     raise ValueError(f"unknown task kind {kind!r}; valid: man_section, man_language, py_package")
 
-
-def doc_hash(key: str) -> str:
-    """The split order of an example: sha256 of its text key."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def _label_order(kind: str, labels: set[str]) -> list[str]:
@@ -226,18 +216,6 @@ def _dedup(by_key: dict[str, list[dict]], dropped: dict) -> list[dict]:
         unique.append({**rows[0], "key": key})
     return unique
 
-
-def hash_split(rows: list[dict], t) -> dict[str, list[dict]]:
-    """Rows into train/val/test: each row's given split, else by the sha256 order of its text key (the first
-    ``test_frac`` to test, the next ``val_frac`` to val, the rest to train)."""
-    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    rows = sorted(rows, key=lambda r: (doc_hash(r["key"]), r["id"]))
-    n = len(rows)
-    n_test, n_val = max(1, round(n * t.test_frac)), max(1, round(n * t.val_frac))
-    for i, row in enumerate(rows):
-        split = row.pop("split") or ("test" if i < n_test else "val" if i < n_test + n_val else "train")
-        splits[split].append(row)
-    return splits
 
 
 def _classification_splits(spec: TaskSpec, unique: list[dict], min_per_label: int, t, dropped: dict, where: str,

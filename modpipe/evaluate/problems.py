@@ -17,63 +17,17 @@ existed). Targets travel as ``Split.targets``: a label id, a list of label ids, 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from modpipe.config_problems import (  # noqa: F401 - the table, re-exported where the computing code is
+    BY_NAME, CLASSIFICATION, LOWER_IS_BETTER, MULTILABEL, PROBLEMS, REGRESSION, Problem, get, higher_is_better,
+)
+
 PROBLEM_FILE = "problem.json"
-PROBLEMS = ("classification", "multilabel", "regression")
 THRESHOLD_GRID = tuple(round(x, 2) for x in np.arange(0.05, 0.96, 0.05))
-
-
-@dataclass(frozen=True)
-class Problem:
-    name: str
-    primary: str
-    """The metric (without its split prefix) that picks the epoch and the tuned trial."""
-    direction: str
-    """Which way ``primary`` is better: ``higher`` or ``lower``."""
-    target_column: str
-    """The task split's column holding the target: ``label_id``, ``label_ids`` or ``target``."""
-    metrics: tuple[str, ...]
-    """Test metrics it measures (without prefix), all numeric."""
-    gate_metric: str
-    """The publish gate's default metric (higher is better; ``PublishConfig.rule``)."""
-
-    @property
-    def mode(self) -> str:
-        """Ray Tune's ``mode`` for ``primary``."""
-        return "max" if self.direction == "higher" else "min"
-
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.direction == "higher" else a < b
-
-
-CLASSIFICATION = Problem("classification", "macro_f1", "higher", "label_id",
-                         ("accuracy", "macro_f1", "auroc_ovr", "ece"), "macro_f1")
-MULTILABEL = Problem("multilabel", "macro_f1", "higher", "label_ids",
-                     ("accuracy", "micro_f1", "macro_f1", "map"), "macro_f1")
-REGRESSION = Problem("regression", "rmse", "lower", "target", ("rmse", "mae", "spearman"), "spearman")
-BY_NAME = {p.name: p for p in (CLASSIFICATION, MULTILABEL, REGRESSION)}
-
-
-def get(name: str | None) -> Problem:
-    if name is None:
-        return CLASSIFICATION
-    try:
-        return BY_NAME[name]
-    except KeyError:
-        raise ValueError(f"unknown problem {name!r}; choose one of {', '.join(PROBLEMS)}") from None
-
-
-LOWER_IS_BETTER = ("rmse", "mae", "ece", "max_slice_gap")
-
-
-def higher_is_better(metric: str) -> bool:
-    """Which way a metric (with or without its split prefix) is better."""
-    return metric.split("_", 1)[-1] not in LOWER_IS_BETTER
 
 
 def selection(problem: Problem, configured: str) -> str:
