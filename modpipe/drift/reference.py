@@ -112,7 +112,10 @@ def record(cfg: PipelineConfig, profile_path: str | Path, *, kind: str, run_id: 
         exp = store.experiment_id(experiment_name(cfg), _artifact_location(cfg))
         run = store.retry(c.create_run, exp, run_name=f"{kind}-{run_id or sha[:12]}", tags=tags)
         try:
-            store.retry(c.log_artifact, run.info.run_id, str(profile_path), ARTIFACT_DIR)
+            with tempfile.TemporaryDirectory(prefix="modpipe-drift-") as tmp:  # stored as ARTIFACT, whatever its name
+                named = Path(tmp) / ARTIFACT
+                named.write_bytes(profile_path.read_bytes())
+                store.retry(c.log_artifact, run.info.run_id, str(named), ARTIFACT_DIR)
         except BaseException:
             store.retry(c.set_terminated, run.info.run_id, status="FAILED")
             raise
